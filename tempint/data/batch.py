@@ -1,0 +1,141 @@
+"""Column tensors of an interaction stream, and the batches and chunks cut from it.
+
+Everything a model may read about an interaction is a column here, computed once by
+the data layer from the stream strictly before that interaction. A batch is the same
+structure indexed by positions, so models never see the stream itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["Interactions", "Chunk", "TAG_NAMES"]
+
+# Per-interaction tags of the evaluation breakdown, each a boolean column in `tags`.
+TAG_NAMES = (
+    "repeat",  # the (user, item) pair occurred earlier in the stream
+    "new",  # first occurrence of the pair
+    "last",  # same item as the user's previous interaction
+    "hist_0",  # the user's number of earlier interactions: 0
+    "hist_1-4",
+    "hist_5-49",
+    "hist_50+",
+    "unseen_item",  # the item never occurred in the training split
+)
+
+
+@dataclass
+class Interactions:
+    """Columns of N interactions in time order (a whole stream or a batch of it).
+
+    Shapes: [N] unless noted. `delta_*` are the time since the node's previous
+    interaction, scaled with training-split statistics (0 for a node's first event).
+    History columns are [N, k], partners before the interaction, most recent first,
+    padded with -1 (partner) and 0 (gap). `user_row` / `item_row` address memory rows:
+    equal to the ids for global memory, window-local slots for the sequence sampler.
+    """
+
+    user: Tensor  # long
+    item: Tensor  # long
+    t: Tensor  # float64 seconds
+    state_label: Tensor  # long
+    delta_user: Tensor  # float32
+    delta_item: Tensor  # float32
+    prev_item: Tensor  # long, -1 before the user's first interaction
+    cyclic: Tensor  # [N, 4] float32: cos/sin day, cos/sin week
+    index: Tensor  # long, position in the full stream
+    edge_features: Tensor | None = None  # [N, F] float32
+    user_history: Tensor | None = None  # [N, k] long (item ids)
+    user_history_dt: Tensor | None = None  # [N, k] float32, scaled gaps
+    item_history: Tensor | None = None  # [N, k] long (user ids)
+    item_history_dt: Tensor | None = None  # [N, k] float32
+    tags: dict[str, Tensor] = field(default_factory=dict)  # name -> [N] bool
+    user_row: Tensor | None = None
+    item_row: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.user.shape[0])
+
+    @property
+    def size(self) -> int:
+        return len(self)
+
+    @property
+    def user_rows(self) -> Tensor:
+        return self.user if self.user_row is None else self.user_row
+
+    @property
+    def item_rows(self) -> Tensor:
+        return self.item if self.item_row is None else self.item_row
+
+    def select(self, idx: Tensor) -> Interactions:
+        """The interactions at positions `idx` of this structure (any integer index)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                out[f.name] = None
+            elif f.name == "tags":
+                out[f.name] = {k: v[idx] for k, v in value.items()}
+            else:
+                out[f.name] = value[idx]
+        return Interactions(**out)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Interactions:
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                out[f.name] = None
+            elif f.name == "tags":
+                out[f.name] = {k: v.to(device, non_blocking=non_blocking) for k, v in value.items()}
+            else:
+                out[f.name] = value.to(device, non_blocking=non_blocking)
+        return Interactions(**out)
+
+    def with_rows(self, user_row: Tensor, item_row: Tensor) -> Interactions:
+        return replace(self, user_row=user_row, item_row=item_row)
+
+
+@dataclass
+class Chunk:
+    """One optimiser step of training: `steps` are processed in order, each in parallel.
+
+    t-batch: the t-batches of one time window. chrono: one step of consecutive events.
+    sequence: L steps, step s holding interaction s of each of B windows; then
+    `local_users` / `local_items` [R] give the global id of each window-local memory row
+    (the steps' `user_row` / `item_row` index them; window b owns rows [b·L, (b+1)·L)
+    on each side and `row_window` [R] names each row's window). In evaluation, `scored` marks the
+    interactions to rank (the first steps of a sliding window are context only).
+    """
+
+    steps: list[Interactions]
+    local_users: Tensor | None = None
+    local_items: Tensor | None = None
+    row_window: Tensor | None = None  # [R] window of each local row (both sides)
+    scored: list[Tensor] | None = None  # per step, [B] bool: evaluate this interaction
+
+    @property
+    def num_windows(self) -> int:
+        return len(self.steps[0]) if self.local_users is not None else 0
+
+    @property
+    def num_interactions(self) -> int:
+        if self.scored is not None:
+            return int(sum(int(s.sum()) for s in self.scored))
+        return sum(len(s) for s in self.steps)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Chunk:
+        def move(x):
+            return None if x is None else x.to(device, non_blocking=non_blocking)
+
+        return Chunk(
+            steps=[s.to(device, non_blocking) for s in self.steps],
+            local_users=move(self.local_users),
+            local_items=move(self.local_items),
+            row_window=move(self.row_window),
+            scored=None if self.scored is None else [move(s) for s in self.scored],
+        )

@@ -1,0 +1,274 @@
+"""The LightningDataModule: event log -> features -> split -> sampler -> chunks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from tempint.data.batch import Chunk, Interactions
+from tempint.data.features import (
+    DeltaScale,
+    cyclic_time,
+    interaction_tags,
+    node_deltas,
+    partner_history,
+    previous_item,
+)
+from tempint.data.samplers import ChunkPlan, SequenceSampler, TBatchSampler, exact_segments
+from tempint.data.splits import Split, chrono_split
+from tempint.errors import ConfigError
+
+__all__ = ["InteractionDataModule", "build_stream", "plan_to_chunk"]
+
+log = logging.getLogger(__name__)
+
+
+def build_stream(
+    frame: pl.DataFrame,
+    split: Split,
+    history_k: int = 0,
+    edge_features: np.ndarray | None = None,
+) -> Interactions:
+    """All feature columns of the stream as CPU tensors; scaling fitted on training rows."""
+    users = frame["user_id"].to_numpy().astype(np.int64)
+    items = frame["item_id"].to_numpy().astype(np.int64)
+    t = frame["timestamp"].to_numpy().astype(np.float64)
+    du, di = node_deltas(frame)
+    train = slice(0, split.train_end)
+    user_scale = DeltaScale.fit(du[train])
+    item_scale = DeltaScale.fit(di[train])
+    columns: dict[str, Any] = {}
+    if history_k > 0:
+        gap_scale = DeltaScale(0.0, user_scale.std)
+        uh, uh_dt = partner_history(users, items, t, history_k)
+        ih, ih_dt = partner_history(items, users, t, history_k)
+        columns.update(
+            user_history=torch.from_numpy(uh),
+            user_history_dt=torch.from_numpy(gap_scale(uh_dt) * (uh >= 0)),
+            item_history=torch.from_numpy(ih),
+            item_history_dt=torch.from_numpy(gap_scale(ih_dt) * (ih >= 0)),
+        )
+    if edge_features is not None:
+        columns["edge_features"] = torch.from_numpy(np.ascontiguousarray(edge_features, np.float32))
+    tags = {k: torch.from_numpy(v) for k, v in interaction_tags(frame, split.train_end).items()}
+    label = frame["state_label"].to_numpy() if "state_label" in frame.columns else np.zeros(len(t))
+    return Interactions(
+        user=torch.from_numpy(users),
+        item=torch.from_numpy(items),
+        t=torch.from_numpy(t),
+        state_label=torch.from_numpy(label.astype(np.int64)),
+        delta_user=torch.from_numpy(user_scale(du)),
+        delta_item=torch.from_numpy(item_scale(di)),
+        prev_item=torch.from_numpy(previous_item(frame)),
+        cyclic=torch.from_numpy(cyclic_time(t)),
+        index=torch.arange(len(t)),
+        tags=tags,
+        **columns,
+    )
+
+
+def plan_to_chunk(stream: Interactions, plan: ChunkPlan) -> Chunk:
+    """Gather the columns of a plan's interactions (and its window-local row layout)."""
+    steps = []
+    for s, idx in enumerate(plan.steps):
+        step = stream.select(torch.from_numpy(idx))
+        if plan.user_rows is not None:
+            step = step.with_rows(
+                torch.from_numpy(plan.user_rows[s]), torch.from_numpy(plan.item_rows[s])
+            )
+        steps.append(step)
+
+    def tensor(x):
+        return None if x is None else torch.from_numpy(np.ascontiguousarray(x))
+
+    return Chunk(
+        steps=steps,
+        local_users=tensor(plan.local_users),
+        local_items=tensor(plan.local_items),
+        row_window=tensor(plan.row_window),
+        scored=None if plan.scored is None else [torch.from_numpy(s) for s in plan.scored],
+    )
+
+
+class _ChunkStream(IterableDataset):
+    """Chunks of a plan list, planned lazily per epoch (shuffled samplers reseed by epoch)."""
+
+    def __init__(self, stream: Interactions, planner, epoch_of=lambda: 0):
+        self.stream = stream
+        self.planner = planner
+        self.epoch_of = epoch_of
+
+    def __iter__(self) -> Iterator[Chunk]:
+        for plan in self.planner(self.epoch_of()):
+            yield plan_to_chunk(self.stream, plan)
+
+
+class InteractionDataModule(L.LightningDataModule):
+    """Loads one event log, splits it 80/10/10 in time and serves chunks per sampler.
+
+    Training chunks come from `sampler`; validation and test are served for streaming
+    evaluation: exact steps with no repeated node for global-memory models, or sliding
+    windows with `eval_context` unscored context steps for the `sequence` sampler.
+    """
+
+    def __init__(
+        self,
+        name: str = "wikipedia",
+        path: str | None = None,
+        root: str | None = None,
+        columns: Mapping[str, str] | None = None,
+        num_users: int | None = None,
+        num_items: int | None = None,
+        val: float = 0.1,
+        test: float = 0.1,
+        history_k: int = 0,
+        edge_features: bool = False,
+        synthetic: Mapping[str, Any] | None = None,
+        sampler: Any = None,
+        eval_max_batch_size: int = 512,
+        eval_context: int | None = None,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        if history_k < 0:
+            raise ConfigError(f"data.history_k={history_k} must be >= 0 (0 turns histories off)")
+        self.name = name
+        self.path = path
+        self.root = root
+        self.columns = dict(columns) if columns else None
+        self.declared_users = num_users
+        self.declared_items = num_items
+        self.val_fraction = val
+        self.test_fraction = test
+        self.history_k = int(history_k)
+        self.use_edge_features = bool(edge_features)
+        self.synthetic = dict(synthetic) if synthetic else None
+        self.sampler = sampler if sampler is not None else TBatchSampler()
+        self.eval_max_batch_size = int(eval_max_batch_size)
+        self.eval_context = eval_context
+        self.download = download
+        self.stream: Interactions | None = None
+        self.split: Split | None = None
+        self.source = ""
+        self._train_plans: list[ChunkPlan] | None = None
+
+    # ---- loading -------------------------------------------------------------------
+    def _load_frame(self) -> tuple[pl.DataFrame, np.ndarray | None, int, int]:
+        if self.synthetic is not None:
+            from tempint.data.synthetic import generate_shape, generate_stream
+
+            spec = dict(self.synthetic)
+            shape = spec.pop("shape", None)
+            frame = generate_shape(shape, **spec) if shape else generate_stream(**spec)
+            self.source = f"synthetic:{shape or 'custom'}"
+            users = int(frame["user_id"].max()) + 1
+            items = int(frame["item_id"].max()) + 1
+            return frame, None, users, items
+        from tempint.data.events import load_events
+
+        options = dict(keep_features=self.use_edge_features)
+        if self.path:
+            log_ = load_events(
+                self.path,
+                columns=self.columns,
+                num_users=self.declared_users,
+                num_items=self.declared_items,
+                **options,
+            )
+        else:
+            from tempint.data.registry import load_dataset
+
+            log_ = load_dataset(self.name, root=self.root, download=self.download, **options)
+        self.source = log_.source
+        features = log_.features if self.use_edge_features else None
+        return log_.frame, features, log_.num_users, log_.num_items
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.stream is not None:
+            return
+        frame, features, self.num_users, self.num_items = self._load_frame()
+        t = frame["timestamp"].to_numpy()
+        self.split = chrono_split(
+            frame.height, self.val_fraction, self.test_fraction, timestamps=t, source=self.source
+        )
+        self.stream = build_stream(frame, self.split, self.history_k, features)
+        self._users = self.stream.user.numpy()
+        self._items = self.stream.item.numpy()
+        self._t = self.stream.t.numpy()
+        log.info(
+            "%s: %d users, %d items, %d interactions (train %d, val %d, test %d)",
+            self.source,
+            self.num_users,
+            self.num_items,
+            frame.height,
+            len(self.split.train),
+            len(self.split.val),
+            len(self.split.test),
+        )
+
+    # ---- plans -----------------------------------------------------------------------
+    def train_plans(self, epoch: int = 0) -> list[ChunkPlan]:
+        """The training chunks of an epoch; deterministic samplers are planned once."""
+        deterministic = not hasattr(self.sampler, "seed")
+        if deterministic and self._train_plans is not None:
+            return self._train_plans
+        plans = self.sampler.plan(
+            self._users, self._items, self._t, 0, self.split.train_end, epoch=epoch
+        )
+        if deterministic:
+            self._train_plans = plans
+        return plans
+
+    @property
+    def windowed(self) -> bool:
+        return isinstance(self.sampler, SequenceSampler)
+
+    def eval_plans(self, stage: str) -> list[ChunkPlan]:
+        rows = {"val": self.split.val, "test": self.split.test, "train": self.split.train}[stage]
+        if self.windowed:
+            context = self.eval_context
+            if context is None:
+                context = self.sampler.length // 2
+            return self.sampler.eval_plan(self._users, self._items, rows.start, rows.stop, context)
+        return self.exact_plans(stage)
+
+    def exact_plans(self, stage: str) -> list[ChunkPlan]:
+        """Exact streaming steps over a split, whatever the training sampler."""
+        rows = {"val": self.split.val, "test": self.split.test, "train": self.split.train}[stage]
+        return exact_segments(
+            self._users, self._items, rows.start, rows.stop, self.eval_max_batch_size
+        )
+
+    def warmup_plans(self, size: int = 50_000) -> list[ChunkPlan]:
+        """Large consecutive chunks of the training split, for order-free heuristics."""
+        end = self.split.train_end
+        return [ChunkPlan(steps=[np.arange(lo, min(lo + size, end))]) for lo in range(0, end, size)]
+
+    def chunks(self, plans: list[ChunkPlan]) -> Iterator[Chunk]:
+        for plan in plans:
+            yield plan_to_chunk(self.stream, plan)
+
+    # ---- loaders ---------------------------------------------------------------------
+    def _current_epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def _loader(self, planner) -> DataLoader:
+        dataset = _ChunkStream(self.stream, planner, self._current_epoch)
+        return DataLoader(dataset, batch_size=None, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_plans)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(lambda epoch: self.eval_plans("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(lambda epoch: self.eval_plans("test"))

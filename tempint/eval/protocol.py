@@ -1,0 +1,190 @@
+"""Streaming evaluation: one code path that ranks every model the same way.
+
+Validation then test are replayed in time order from the memory the model had at the
+end of training. Every interaction is scored from the model's Output, which the model
+computes from its state *before* the interaction, so the target never leaks into its
+own prediction. The scorer is chosen on validation only; test reuses it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from tempint.data.batch import TAG_NAMES, Chunk, Interactions
+from tempint.errors import ConfigError
+from tempint.eval.ranking import TIES, RankingMetrics, as_floats, score_output
+from tempint.models.base import InteractionModel, Output
+
+__all__ = ["StreamEvaluator", "StreamResult", "run_stream", "evaluate", "MODES"]
+
+MODES = ("frozen", "online")
+KS = (1, 10)
+
+
+class StreamEvaluator:
+    """Ranking metrics of one pass, one accumulator per candidate scorer."""
+
+    def __init__(
+        self,
+        scorers: Sequence[str],
+        ties: str = "average",
+        ks: Sequence[int] = KS,
+        tags: Sequence[str] = TAG_NAMES,
+        device: torch.device | str = "cpu",
+    ):
+        if ties not in TIES:
+            raise ConfigError(f"eval.ties={ties!r} is unknown; use one of {', '.join(TIES)}")
+        self.metrics = {
+            s: RankingMetrics(ks=tuple(ks), ties=ties, tags=tuple(tags)).to(device)
+            for s in scorers
+        }
+        self.count = 0
+
+    def update(self, output: Output, batch: Interactions, mask: Tensor | None = None) -> None:
+        tags = batch.tags
+        target = batch.item
+        if mask is not None:
+            if not bool(mask.any()):
+                return
+            target = target[mask]
+            tags = {k: v[mask] for k, v in tags.items()}
+        for scorer, metric in self.metrics.items():
+            scores = score_output(output, scorer)
+            if mask is not None:
+                scores = scores[mask]
+            metric.update(scores, target, tags)
+        self.count += int(target.shape[0])
+
+    def compute(self) -> dict[str, dict[str, float]]:
+        return {s: as_floats(m.compute()) for s, m in self.metrics.items()}
+
+
+@dataclass
+class StreamResult:
+    metrics: dict[str, dict[str, float]]
+    count: int
+    seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def run_stream(
+    model: InteractionModel,
+    chunks: Iterable[Chunk],
+    evaluator: StreamEvaluator,
+    device: torch.device | str = "cpu",
+    online_step: Callable[[Tensor], None] | None = None,
+    online_window: float | None = None,
+) -> StreamResult:
+    """Score every interaction of `chunks`, then let it update the model's state.
+
+    Frozen: weights fixed, under no_grad. Online (JODIE's test-then-train): losses of
+    already-scored interactions are summed until `online_window` seconds of stream time
+    have passed, then `online_step(loss)` takes a gradient step and memory is detached.
+    """
+    online = online_step is not None
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    pending: Tensor | None = None
+    window_start: float | None = None
+    try:
+        for chunk in chunks:
+            chunk = chunk.to(device)
+            model.begin_chunk(chunk)
+            for s, step in enumerate(chunk.steps):
+                mask = chunk.scored[s] if chunk.scored is not None else None
+                with torch.set_grad_enabled(online):
+                    output = model(step)
+                with torch.no_grad():
+                    evaluator.update(output, step, mask)
+                if online and output.loss is not None:
+                    pending = output.loss if pending is None else pending + output.loss
+            model.end_chunk(chunk)
+            if online:
+                t_last = float(chunk.steps[-1].t.max())
+                if window_start is None:
+                    window_start = float(chunk.steps[0].t.min())
+                if online_window is None or t_last - window_start >= online_window:
+                    if pending is not None and pending.requires_grad:
+                        online_step(pending)
+                    pending = None
+                    window_start = None
+                    model.detach_state()
+        if online and pending is not None and pending.requires_grad:
+            online_step(pending)
+            model.detach_state()
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+    return StreamResult(evaluator.compute(), evaluator.count, seconds)
+
+
+def _prefixed(prefix: str, values: Mapping[str, float]) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in values.items()}
+
+
+def evaluate(
+    model: InteractionModel,
+    val_chunks: Callable[[], Iterable[Chunk]],
+    test_chunks: Callable[[], Iterable[Chunk]],
+    *,
+    scorer: str = "auto",
+    ties: str = "average",
+    mode: str = "frozen",
+    device: torch.device | str = "cpu",
+    online_step: Callable[[Tensor], None] | None = None,
+    online_window: float | None = None,
+    baselines: Mapping[str, tuple[InteractionModel, Callable, Callable]] | None = None,
+) -> dict:
+    """Validation then test, memory carried; the scorer picked on validation MRR.
+
+    `baselines` maps a name to (model already fed the training stream, val chunks, test
+    chunks); they are replayed on the same splits so every number stands beside them.
+    Returns flat metric keys (`val/mrr`, `test/recall@10`, `test/mrr/repeat`,
+    `test/recency/mrr`, ...) plus `scorer`, `ties`, `mode` and throughput.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"eval.mode={mode!r} is unknown; use frozen or online")
+    if mode == "online" and (online_step is None or not model.learned):
+        mode = "frozen"  # nothing to learn: online and frozen coincide
+    candidates = list(model.scorers)
+    if scorer != "auto":
+        if scorer not in candidates:
+            raise ConfigError(
+                f"eval.scorer={scorer!r} does not apply to {type(model).__name__}; "
+                f"use auto or one of {', '.join(candidates)}"
+            )
+        candidates = [scorer]
+    step = online_step if mode == "online" else None
+    val = run_stream(
+        model, val_chunks(), StreamEvaluator(candidates, ties, device=device), device, step,
+        online_window,
+    )
+    chosen = max(candidates, key=lambda s: (val.metrics[s]["mrr"], -candidates.index(s)))
+    test = run_stream(
+        model, test_chunks(), StreamEvaluator([chosen], ties, device=device), device, step,
+        online_window,
+    )
+    out: dict = {}
+    out.update(_prefixed("val", val.metrics[chosen]))
+    for s in candidates:
+        out[f"val/{s}/mrr"] = val.metrics[s]["mrr"]
+    out.update(_prefixed("test", test.metrics[chosen]))
+    seconds = val.seconds + test.seconds
+    out["eval/interactions_per_second"] = (val.count + test.count) / max(seconds, 1e-9)
+    out["eval/seconds"] = seconds
+    out["scorer"] = chosen
+    out["ties"] = ties
+    out["mode"] = mode
+    out["baselines"] = list(baselines or {})
+    for name, (baseline, b_val, b_test) in (baselines or {}).items():
+        b_scorer = baseline.scorers[0]
+        for split, chunks in (("val", b_val), ("test", b_test)):
+            res = run_stream(baseline, chunks(), StreamEvaluator([b_scorer], ties, device=device), device)
+            out.update(_prefixed(f"{split}/{name}", res.metrics[b_scorer]))
+    return out

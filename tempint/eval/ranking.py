@@ -1,0 +1,324 @@
+"""Full-ranking scores, tie-aware ranks and streaming ranking metrics.
+
+Every model is judged by the rank of the true item among ALL items (no sampled negatives,
+no masking of seen items), so that the numbers of different models are comparable. Ties
+are resolved by a policy, never by item id: a sort-based rank would reward a model for
+the order in which items happen to be numbered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from numbers import Integral
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import Metric
+
+from tempint.errors import ConfigError
+from tempint.models.base import SCORERS, Output
+
+__all__ = [
+    "TIES",
+    "score_output",
+    "rank_bounds",
+    "ranks",
+    "reciprocal_rank",
+    "recall_at_k",
+    "ndcg_at_k",
+    "interaction_metrics",
+    "RankingMetrics",
+    "as_floats",
+]
+
+# How items with the same score as the true item count: half of them ahead of it
+# (the expected rank under a random tie order), none, or all.
+TIES = ("average", "optimistic", "pessimistic")
+
+
+def score_output(output: Output, scorer: str, model_name: str | None = None) -> Tensor:
+    """Item scores [B, I] of one Output under one scorer; higher is better.
+
+    "dot": cosine similarity of the L2-normalised query [B, d] and candidates ([I, d] or
+    per-query [B, I, d]), so that embedding norms (which drift with training and activity)
+    do not decide the ranking. "l2": minus the euclidean distance, computed pair by pair:
+    the expansion |q|^2 + |c|^2 - 2 q.c cancels badly and would scramble near-equal
+    distances into false wins and false ties. "native": the model's own `scores`.
+    Half-precision embeddings are scored in float32 for the same reason.
+    """
+    who = f"model '{model_name}'" if model_name else "the model"
+    if scorer not in SCORERS:
+        raise ConfigError(f"unknown scorer '{scorer}'; known: {', '.join(SCORERS)} (eval.scorer)")
+    if scorer == "native":
+        if output.scores is None:
+            raise ConfigError(
+                f"scorer 'native' needs a model with native scores; {who} gives embeddings; "
+                "use eval.scorer=dot or l2"
+            )
+        return output.scores
+    if output.query is None or output.candidates is None:
+        gives = "native scores only" if output.scores is not None else "no embeddings"
+        raise ConfigError(
+            f"scorer '{scorer}' needs query and candidate embeddings; {who} gives {gives}; "
+            "use eval.scorer=native"
+        )
+    query, candidates = _embeddings(output.query, output.candidates)
+    per_query = candidates.dim() == 3
+    if scorer == "dot":
+        query = F.normalize(query, dim=-1)
+        candidates = F.normalize(candidates, dim=-1)
+        if per_query:
+            return torch.bmm(candidates, query.unsqueeze(-1)).squeeze(-1)
+        return query @ candidates.T
+    mode = "donot_use_mm_for_euclid_dist"
+    if per_query:
+        return -torch.cdist(query.unsqueeze(1), candidates, compute_mode=mode).squeeze(1)
+    return -torch.cdist(query, candidates, compute_mode=mode)
+
+
+def _embeddings(query: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
+    """Check shapes (a mismatch is a model bug, not a user mistake) and lift half precision."""
+    ok = query.dim() == 2 and candidates.dim() in (2, 3)
+    ok = ok and candidates.shape[-1] == query.shape[-1]
+    ok = ok and (candidates.dim() == 2 or candidates.shape[0] == query.shape[0])
+    if not ok:
+        raise ValueError(
+            f"query {tuple(query.shape)} and candidates {tuple(candidates.shape)} do not match; "
+            "expected query [B, d] with candidates [I, d] or [B, I, d]"
+        )
+    low = (torch.float16, torch.bfloat16)
+    query = query.float() if query.dtype in low else query
+    candidates = candidates.float() if candidates.dtype in low else candidates
+    return query, candidates
+
+
+def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Best and worst rank [B] (long) of each true item among all I items of its row.
+
+    best = 1 + #(s > s_true); worst = best + #(s == s_true, other items). NaN scores are
+    treated as -inf: a NaN neither beats the true item nor, as the true item's own score,
+    beats anything finite, so a model that emits NaN cannot win by it.
+    """
+    if scores.dim() != 2 or target.shape != scores.shape[:1]:
+        raise ValueError(
+            f"scores {tuple(scores.shape)} and target {tuple(target.shape)} do not match; "
+            "expected scores [B, I] and target [B]"
+        )
+    scores = scores.detach()
+    if scores.is_floating_point():
+        scores = torch.where(scores.isnan(), float("-inf"), scores)
+    true = scores.gather(1, target.long().unsqueeze(1))
+    best = 1 + (scores > true).sum(1)
+    worst = best + (scores == true).sum(1) - 1
+    return best, worst
+
+
+def ranks(scores: Tensor, target: Tensor, ties: str = "average") -> Tensor:
+    """Rank [B] (float64) of each true item: 1 + #(s > s_true) + w * #(s == s_true, others).
+
+    w is 0.5 for "average" (the expected rank under a uniformly random tie order, hence
+    possibly a half-integer), 0 for "optimistic" and 1 for "pessimistic". float64 keeps
+    half ranks exact at any catalogue size. NaN scores count as -inf (see `rank_bounds`).
+    """
+    _check_ties(ties)
+    best, worst = rank_bounds(scores, target)
+    if ties == "optimistic":
+        return best.double()
+    if ties == "pessimistic":
+        return worst.double()
+    return (best + worst).double() / 2
+
+
+def reciprocal_rank(rank: Tensor) -> Tensor:
+    """1 / rank [B]; for an average rank this is 1 / ((best + worst) / 2), the TGB convention."""
+    return 1.0 / rank.double()
+
+
+def recall_at_k(rank: Tensor, k: int, worst: Tensor | None = None) -> Tensor:
+    """Hit indicator 1[rank <= k] [B]; with `worst`, its expectation over tied positions.
+
+    When `worst` is given, `rank` is the best rank and the true item is taken to sit at a
+    uniformly random position in [rank, worst] (both integer-valued): the value is the
+    share of those positions within the top k. A constant scorer over n items then gets
+    recall@k = k / n exactly, as a random ranking would.
+    """
+    _check_k(k)
+    if worst is None:
+        return (rank.double() <= k).double()
+    lo, hi = rank.long(), worst.long()
+    hits = hi.clamp(max=k) - (lo - 1).clamp(max=k)
+    return hits.double() / (hi - lo + 1).double()
+
+
+def ndcg_at_k(rank: Tensor, k: int, worst: Tensor | None = None) -> Tensor:
+    """1 / log2(1 + rank) if rank <= k else 0 [B]; with `worst`, the expectation over ties.
+
+    With one relevant item per query the ideal DCG is 1, so this is the NDCG itself. When
+    `worst` is given the discount is averaged over the uniformly random position in
+    [rank, worst], like `recall_at_k`; prefix sums of the discounts keep it vectorised.
+    """
+    _check_k(k)
+    if worst is None:
+        r = rank.double()
+        return torch.where(r <= k, 1.0 / torch.log2(1.0 + r), torch.zeros_like(r))
+    lo, hi = rank.long(), worst.long()
+    positions = torch.arange(1, k + 1, dtype=torch.float64, device=lo.device)
+    cumulative = torch.cat([positions.new_zeros(1), (1.0 / torch.log2(1.0 + positions)).cumsum(0)])
+    total = cumulative[hi.clamp(max=k)] - cumulative[(lo - 1).clamp(max=k)]
+    return total / (hi - lo + 1).double()
+
+
+def interaction_metrics(
+    best: Tensor,
+    worst: Tensor,
+    ties: str = "average",
+    ks: Sequence[int] = (1, 10),
+    ndcg_ks: Sequence[int] = (10,),
+) -> dict[str, Tensor]:
+    """Per-interaction terms [B] (float64) whose means are the reported metrics.
+
+    Keys "mrr", "recall@k" for k in `ks`, "ndcg@k" for k in `ndcg_ks`. Under "average"
+    ties the reciprocal rank uses the average rank (rank 2.5 -> 0.4, as TGB does), while
+    recall and NDCG take their expectation over the tied positions (a reciprocal of an
+    average is not an average of reciprocals: the two choices are kept apart on purpose).
+    "optimistic" and "pessimistic" use the single best or worst rank for everything.
+    """
+    _check_ties(ties)
+    if ties == "optimistic":
+        worst = best
+    elif ties == "pessimistic":
+        best = worst
+    out = {"mrr": 2.0 / (best + worst).double()}
+    for k in ks:
+        out[f"recall@{k}"] = recall_at_k(best, k, worst)
+    for k in ndcg_ks:
+        out[f"ndcg@{k}"] = ndcg_at_k(best, k, worst)
+    return out
+
+
+class RankingMetrics(Metric):
+    """MRR, recall@k and NDCG@k over a stream, overall and per tag.
+
+    The state is one float64 matrix of sums [1 + num_tags, 1 + num_metrics] (row 0 all
+    interactions, then one row per tag; column 0 the count), reduced by "sum" across
+    processes. Metrics are sum / count over every interaction seen, never a mean of batch
+    means, so the result does not depend on how the stream was batched; score matrices
+    are reduced to ranks inside `update` and never kept.
+
+    `compute()` gives 0-d tensors: "mrr", "recall@k", "ndcg@k", "count", and per tag
+    "<metric>/<tag>", "share/<tag>" (fraction of interactions with the tag) and
+    "count/<tag>". A tag (or a stream) with no interactions gives NaN metrics and share 0.
+    `ndcg_ks` defaults to every k in `ks` above 1 (NDCG@1 equals recall@1).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    is_differentiable = False
+
+    def __init__(
+        self,
+        ks: Sequence[int] = (1, 10),
+        ties: str = "average",
+        tags: Sequence[str] = (),
+        ndcg_ks: Sequence[int] | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ks = tuple(_check_k(k, "eval.ks") for k in ks)
+        if not self.ks:
+            raise ConfigError("eval.ks is empty; give at least one cutoff, e.g. [1, 10]")
+        if ndcg_ks is None:
+            ndcg_ks = [k for k in self.ks if k > 1]
+        self.ndcg_ks = tuple(_check_k(k, "eval.ndcg_ks") for k in ndcg_ks)
+        self.ties = _check_ties(ties)
+        self.tags = tuple(str(t) for t in tags)
+        if len(set(self.tags)) != len(self.tags):
+            raise ConfigError(f"eval tags {list(self.tags)} repeat a name; give each tag once")
+        metric_names = ["mrr", *(f"recall@{k}" for k in self.ks)]
+        self.columns = ("count", *metric_names, *(f"ndcg@{k}" for k in self.ndcg_ks))
+        zeros = torch.zeros(1 + len(self.tags), len(self.columns), dtype=torch.float64)
+        self.add_state("sums", zeros, dist_reduce_fx="sum")
+
+    def update(
+        self,
+        scores: Tensor | None = None,
+        target: Tensor | None = None,
+        tags: Mapping[str, Tensor] | None = None,
+        *,
+        best: Tensor | None = None,
+        worst: Tensor | None = None,
+    ) -> None:
+        """Add a batch: scores [B, I] with target [B], or precomputed `best`/`worst` ranks [B].
+
+        `tags` maps every tracked tag name to a bool mask [B]; extra names are ignored.
+        """
+        if scores is not None:
+            if target is None:
+                raise ValueError("RankingMetrics.update got scores without target")
+            best, worst = rank_bounds(scores, target)
+        elif best is None:
+            raise ValueError("RankingMetrics.update needs scores and target, or best ranks")
+        if worst is None:
+            worst = best
+        terms = interaction_metrics(best, worst, self.ties, self.ks, self.ndcg_ks)
+        values = torch.stack([torch.ones_like(terms["mrr"]), *terms.values()], dim=1)
+        values = values.to(self.sums)
+        masks = self._masks(tags, values.shape[0], values.device).to(values.dtype)
+        self.sums += masks.T @ values
+
+    def update_ranks(
+        self,
+        best: Tensor,
+        worst: Tensor | None = None,
+        tags: Mapping[str, Tensor] | None = None,
+    ) -> None:
+        """Add a batch of ranks [B] from `rank_bounds` (untied ranks: `best` alone)."""
+        self.update(tags=tags, best=best, worst=worst)
+
+    def _masks(self, tags: Mapping[str, Tensor] | None, n: int, device) -> Tensor:
+        """Membership [B, 1 + num_tags]: column 0 is every interaction."""
+        columns = [torch.ones(n, dtype=torch.bool, device=device)]
+        tags = tags or {}
+        for name in self.tags:
+            if name not in tags:
+                raise ValueError(f"tag '{name}' is tracked but missing; got {sorted(tags)}")
+            mask = tags[name]
+            if mask.dtype != torch.bool or mask.shape != (n,):
+                raise ValueError(
+                    f"tag '{name}' must be a bool mask of shape ({n},); "
+                    f"got {mask.dtype} {tuple(mask.shape)}"
+                )
+            columns.append(mask.to(device))
+        return torch.stack(columns, dim=1)
+
+    def compute(self) -> dict[str, Tensor]:
+        sums = self.sums.clone()
+        count = sums[:, 0]
+        means = sums[:, 1:] / count.unsqueeze(1)
+        names = self.columns[1:]
+        out = {name: means[0, j] for j, name in enumerate(names)}
+        out["count"] = count[0]
+        total = count[0].clamp(min=1.0)
+        for i, tag in enumerate(self.tags, start=1):
+            out.update({f"{name}/{tag}": means[i, j] for j, name in enumerate(names)})
+            out[f"share/{tag}"] = count[i] / total
+            out[f"count/{tag}"] = count[i]
+        return out
+
+
+def as_floats(values: Mapping[str, Tensor | float]) -> dict[str, float]:
+    """Plain Python floats of a metrics dict, for JSON files and printing."""
+    return {name: float(value) for name, value in values.items()}
+
+
+def _check_ties(ties: str) -> str:
+    if ties not in TIES:
+        raise ConfigError(f"unknown tie policy '{ties}'; known: {', '.join(TIES)} (eval.ties)")
+    return ties
+
+
+def _check_k(k: int, where: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 1:
+        raise ConfigError(f"{where} got cutoff {k!r}; use positive integers, e.g. [1, 10]")
+    return int(k)

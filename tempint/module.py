@@ -1,0 +1,175 @@
+"""The LightningModule that drives any model of the contract, with memory carried by hand."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from tempint.data.batch import Chunk
+from tempint.errors import ConfigError, UserError
+from tempint.eval.protocol import StreamEvaluator
+from tempint.models.base import InteractionModel
+
+__all__ = ["InteractionModule", "NumericalFault"]
+
+
+class NumericalFault(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class InteractionModule(L.LightningModule):
+    """Owns the order of one training chunk: score, loss, update memory, step, detach.
+
+    Manual optimisation, because a chunk of a memory model is several dependent steps
+    (the t-batches of a window) with one backward: Lightning's automatic loop would step
+    after each. Memory is reset at every epoch start, detached after every chunk,
+    snapshotted before validation and restored after it, so a checkpoint holds the
+    memory as of the end of training, from which the final evaluation replays
+    validation and then test.
+    """
+
+    def __init__(
+        self,
+        model: InteractionModel,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        gradient_clip: float | None = 1.0,
+        ties: str = "average",
+        scorer: str = "auto",
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.gradient_clip = gradient_clip
+        self.ties = ties
+        self.val_scorers = list(model.scorers) if scorer == "auto" else [scorer]
+        self.epoch_seconds: list[float] = []
+        self.train_interactions = 0
+        self._epoch_start = 0.0
+        self._snapshot: dict[str, Tensor] | None = None
+        self._evaluator: StreamEvaluator | None = None
+
+    # ---- set-up ------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            raise ConfigError(
+                f"memory models run one process per job, but the trainer has "
+                f"{self.trainer.world_size}; set trainer.devices=1 and parallelise with a sweep"
+            )
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params or self.optimizer_factory is None or not self.model.learned:
+            return None
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        return batch.to(device) if isinstance(batch, Chunk) else batch
+
+    # ---- training ---------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self.model.reset_state()
+        self._epoch_start = time.perf_counter()
+        self._epoch_interactions = 0
+
+    def run_chunk(self, chunk: Chunk) -> Tensor | None:
+        """Forward every step of a chunk in order; the summed loss of its steps."""
+        self.model.begin_chunk(chunk)
+        total: Tensor | None = None
+        for step in chunk.steps:
+            loss = self.model(step).loss
+            if loss is not None:
+                total = loss if total is None else total + loss
+        self.model.end_chunk(chunk)
+        return total
+
+    def training_step(self, chunk: Chunk, batch_idx: int) -> None:
+        loss = self.run_chunk(chunk)
+        self._epoch_interactions += chunk.num_interactions
+        if loss is not None and loss.requires_grad:
+            self.optimizer_step_on(loss, batch_idx)
+            self.log("train/loss", loss.detach(), on_step=False, on_epoch=True,
+                     batch_size=chunk.num_interactions)
+        self.model.detach_state()
+
+    def optimizer_step_on(self, loss: Tensor, batch_idx: int | None = None) -> None:
+        if not torch.isfinite(loss):
+            where = f"epoch {self.current_epoch}, batch {batch_idx}" if batch_idx is not None else "evaluation"
+            raise NumericalFault(
+                f"the training loss became {float(loss)} at {where}; the last good checkpoint "
+                "is intact; lower optimizer.lr or set module.gradient_clip"
+            )
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if self.gradient_clip:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.gradient_clip, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+
+    def on_train_epoch_end(self) -> None:
+        seconds = time.perf_counter() - self._epoch_start
+        self.epoch_seconds.append(seconds)
+        self.train_interactions = self._epoch_interactions
+        self.log("train/seconds_per_epoch", seconds, on_epoch=True)
+        self.log("train/interactions_per_second", self._epoch_interactions / max(seconds, 1e-9))
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+
+    # ---- validation (frozen, memory restored afterwards) ------------------------------
+    def _state(self) -> dict[str, Tensor]:
+        return dict(self.model.named_buffers())
+
+    def on_validation_epoch_start(self) -> None:
+        self._snapshot = {k: v.detach().clone() for k, v in self._state().items()}
+        self._evaluator = StreamEvaluator(self.val_scorers, self.ties, device=self.device)
+
+    def validation_step(self, chunk: Chunk, batch_idx: int) -> None:
+        with torch.no_grad():
+            self.model.begin_chunk(chunk)
+            for s, step in enumerate(chunk.steps):
+                output = self.model(step)
+                mask = chunk.scored[s] if chunk.scored is not None else None
+                self._evaluator.update(output, step, mask)
+            self.model.end_chunk(chunk)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._evaluator.compute()
+        best = max(metrics, key=lambda s: metrics[s]["mrr"])
+        values = metrics[best]
+        self.log("val/mrr", values["mrr"], prog_bar=True)
+        self.log("val/recall@10", values["recall@10"])
+        for scorer, m in metrics.items():
+            if not math.isnan(m["mrr"]):
+                self.log(f"val/{scorer}/mrr", m["mrr"])
+        state = self._state()
+        with torch.no_grad():
+            for name, saved in self._snapshot.items():
+                current = state[name]
+                if current.shape == saved.shape:
+                    current.copy_(saved)
+        self._snapshot = None
+
+    # ---- checkpoints carry the training-epoch timings -------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tempint"] = {
+            "epoch_seconds": list(self.epoch_seconds),
+            "train_interactions": self.train_interactions,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        extra = checkpoint.get("tempint", {})
+        self.epoch_seconds = list(extra.get("epoch_seconds", []))
+        self.train_interactions = int(extra.get("train_interactions", 0))

@@ -1,0 +1,241 @@
+"""The training entry point: `tempint-train data=wikipedia model=jodie ...`.
+
+`train(cfg)` is a plain function (tests call it directly): it builds everything from
+the config, fits, replays validation and test under the streaming protocol from the best
+checkpoint, and writes `metrics.json`. `main()` adds the CLI: cheap checks before heavy
+imports, one sentence and exit code 2 for user mistakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from tempint.config import check_cli_overrides, validate_config
+from tempint.errors import UserError
+
+__all__ = ["train", "main", "evaluate_module"]
+
+log = logging.getLogger("tempint")
+
+BASELINES = {
+    "recency": "tempint.models.heuristics.Recency",
+    "popularity": "tempint.models.heuristics.Popularity",
+    "recent_popularity": "tempint.models.heuristics.RecentPopularity",
+}
+
+
+def _instantiate_all(group: DictConfig | None) -> list:
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def _warm_baselines(names, dm, device) -> dict:
+    """Heuristics fed the training stream, ready to replay validation and test."""
+    import torch
+    from hydra.utils import get_class
+
+    out = {}
+    for name in names:
+        baseline = get_class(BASELINES[name])(dm.num_users, dm.num_items).to(device)
+        baseline.reset_state()
+        with torch.no_grad():
+            for chunk in dm.chunks(dm.warmup_plans()):
+                chunk = chunk.to(device)
+                for step in chunk.steps:
+                    baseline(step)
+        out[name] = (
+            baseline,
+            lambda: dm.chunks(dm.exact_plans("val")),
+            lambda: dm.chunks(dm.exact_plans("test")),
+        )
+    return out
+
+
+def evaluate_module(module, dm, cfg: DictConfig) -> dict:
+    """The protocol of DESIGN.md on a trained module whose memory is at the end of training."""
+    import torch
+    from hydra.utils import instantiate
+
+    from tempint.eval.protocol import evaluate
+
+    device = module.device
+    model = module.model
+    online_step = None
+    online_window = None
+    if cfg.eval.mode == "online" and model.learned:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = instantiate(cfg.optimizer)(params)
+        clip = cfg.get("gradient_clip")
+
+        def online_step(loss):
+            if not torch.isfinite(loss):
+                raise UserError(f"the loss became {float(loss)} during online evaluation")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+
+        t = dm.stream.t
+        online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
+    baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
+    return evaluate(
+        model,
+        lambda: dm.chunks(dm.eval_plans("val")),
+        lambda: dm.chunks(dm.eval_plans("test")),
+        scorer=cfg.eval.scorer,
+        ties=cfg.eval.ties,
+        mode=cfg.eval.mode,
+        device=device,
+        online_step=online_step,
+        online_window=online_window,
+        baselines=baselines,
+    )
+
+
+def _load_best(module, checkpoint_cb) -> str | None:
+    """Weights and memory buffers of the best checkpoint (by val/mrr), else the last."""
+    import torch
+
+    path = None
+    if checkpoint_cb is not None:
+        path = checkpoint_cb.best_model_path or checkpoint_cb.last_model_path
+    if not path or not Path(path).exists():
+        return None
+    state = torch.load(path, map_location=module.device, weights_only=False)["state_dict"]
+    module.load_state_dict(state)
+    return path
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit, evaluate and write `metrics.json`; returns (metrics, objects)."""
+    validate_config(cfg)
+    import lightning as L
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tempint.io import atomic_write_json
+    from tempint.module import InteractionModule
+    from tempint.report import summary_table
+
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    sampler = instantiate(cfg.sampler)
+    dm = instantiate(cfg.data, sampler=sampler)
+    dm.setup()
+    model = instantiate(cfg.model, num_users=dm.num_users, num_items=dm.num_items)
+    module = InteractionModule(
+        model,
+        optimizer=instantiate(cfg.optimizer) if model.learned else None,
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        gradient_clip=cfg.get("gradient_clip"),
+        ties=cfg.eval.ties,
+        scorer=cfg.eval.scorer,
+    )
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer_overrides: dict[str, Any] = {}
+    if not model.learned:
+        trainer_overrides["max_epochs"] = 1  # counting the training stream once is all there is
+    trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides
+    )
+    checkpoint_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    resume = None
+    if cfg.get("resume") and checkpoint_cb is not None and checkpoint_cb.dirpath:
+        last = Path(checkpoint_cb.dirpath) / "last.ckpt"
+        resume = str(last) if last.exists() else None
+        if resume:
+            log.info("resuming from %s", resume)
+
+    fit_start = time.perf_counter()
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    fit_seconds = time.perf_counter() - fit_start
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+
+    best_path = _load_best(module, checkpoint_cb)
+    metrics = evaluate_module(module, dm, cfg)
+    epochs = module.epoch_seconds
+    seconds_per_epoch = sum(epochs) / len(epochs) if epochs else float("nan")
+    metrics.update(
+        {
+            "train/seconds_per_epoch": seconds_per_epoch,
+            "train/interactions_per_second": module.train_interactions / seconds_per_epoch
+            if epochs
+            else float("nan"),
+            "train/epochs": len(epochs),
+            "train/fit_seconds": fit_seconds,
+            "best_checkpoint": best_path,
+            "model": cfg.model._target_.rsplit(".", 1)[-1],
+            "dataset": dm.source,
+            "num_users": dm.num_users,
+            "num_items": dm.num_items,
+            "split": dm.split.as_dict(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+    )
+    atomic_write_json(output_dir / "metrics.json", metrics)
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "/" in k}
+    for lg in trainer.loggers:
+        lg.log_metrics(numeric)
+        lg.finalize("success")
+    print(summary_table(metrics))
+    objects = {"cfg": cfg, "datamodule": dm, "model": model, "module": module, "trainer": trainer}
+    return metrics, objects
+
+
+def _finish_wandb() -> None:
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+def _hydra_main(cfg: DictConfig) -> float | None:
+    try:
+        metrics, _ = train(cfg)
+    except UserError as err:
+        # Hydra reports any Exception with a traceback and exit 1; a user mistake is
+        # one sentence and exit 2, so it leaves as SystemExit.
+        log.error("%s", err)
+        print(f"tempint-train: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:
+        log.exception("run failed")
+        raise
+    finally:
+        _finish_wandb()
+    value = metrics.get(cfg.get("optimized_metric") or "val/mrr")
+    return float(value) if value is not None else None
+
+
+def main() -> None:
+    """Console script `tempint-train`: exit 2 with one sentence on a user mistake."""
+    try:
+        check_cli_overrides(sys.argv[1:])
+        import hydra
+
+        from tempint.config import CONF_DIR
+
+        entry = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")(
+            _hydra_main
+        )
+        entry()
+    except UserError as err:
+        print(f"tempint-train: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
