@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,28 @@ def _load_best(module, checkpoint_cb) -> str | None:
     return path
 
 
+# Third-party notices that say nothing about a tempint run, silenced by category and message.
+QUIET = (
+    (UserWarning, r".*overridden `transfer_batch_to_device`.*"),
+    (UserWarning, r".*configure_optimizers` returned `None`.*"),
+    (UserWarning, r".*The `srun` command is available on your system but is not used.*"),
+    (UserWarning, r".*does not have many workers.*"),
+    (UserWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
+    (FutureWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
+    (DeprecationWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
+    (UserWarning, r".*The number of training batches .* is smaller than the logging interval.*"),
+)
+
+
+def quiet_third_party() -> None:
+    for category, message in QUIET:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit, evaluate and write `metrics.json`; returns (metrics, objects)."""
     validate_config(cfg)
+    quiet_third_party()
     import lightning as L
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -132,7 +152,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     sampler = instantiate(cfg.sampler)
-    dm = instantiate(cfg.data, sampler=sampler)
+    # models that read partner histories (DeePRed) declare their k; the data layer builds them
+    history_k = max(int(cfg.data.get("history_k") or 0), int(cfg.model.get("history_k") or 0))
+    dm = instantiate(cfg.data, sampler=sampler, history_k=history_k)
     dm.setup()
     model = instantiate(cfg.model, num_users=dm.num_users, num_items=dm.num_items)
     module = InteractionModule(

@@ -1,0 +1,81 @@
+"""End to end: every model and every experiment config trains and writes its results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tempint.config import CONF_DIR
+from tempint.train import train
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
+    for p in (CONF_DIR / "experiment").rglob("*.yaml")
+)
+REQUIRED = (
+    "val/mrr",
+    "test/mrr",
+    "test/recall@1",
+    "test/recall@10",
+    "test/ndcg@10",
+    "train/seconds_per_epoch",
+    "eval/interactions_per_second",
+    "scorer",
+    "ties",
+    "split",
+    "config",
+    "test/recency/mrr",
+    "test/popularity/mrr",
+    "test/mrr/repeat",
+    "test/share/repeat",
+)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains_and_writes_metrics(make_cfg, model):
+    cfg = make_cfg([f"model={model}"])
+    metrics, objects = train(cfg)
+    written = json.loads((Path(cfg.output_dir) / "metrics.json").read_text())
+    for key in REQUIRED:
+        assert key in written, key
+    assert 0 < written["test/mrr"] <= 1
+    split = written["split"]
+    assert split["train_end"] < split["val_end"] < split["num_interactions"]
+    assert (Path(cfg.output_dir) / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_config_runs_end_to_end(make_cfg, experiment):
+    cfg = make_cfg([f"experiment={experiment}"])
+    # experiments name their real dataset; the smoke run swaps in tiny synthetic data
+    cfg.data.name = "synthetic"
+    cfg.data.path = None
+    cfg.data.synthetic = {"shape": "tiny", "seed": 0}
+    cfg.trainer.max_epochs = 1
+    metrics, _ = train(cfg)
+    assert 0 < metrics["test/mrr"] <= 1
+
+
+def test_heuristic_trains_for_one_epoch_whatever_the_trainer_says(make_cfg):
+    cfg = make_cfg(["model=popularity", "trainer.max_epochs=3"])
+    metrics, _ = train(cfg)
+    assert metrics["train/epochs"] == 1
+
+
+def test_model_beside_baselines_equals_the_baseline_when_it_is_one(make_cfg):
+    metrics, _ = train(make_cfg(["model=recency"]))
+    assert metrics["test/mrr"] == pytest.approx(metrics["test/recency/mrr"])
+    assert metrics["val/mrr"] == pytest.approx(metrics["val/recency/mrr"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["recency", "popularity", "recent_popularity"])
+def test_heuristics_on_real_wikipedia(make_cfg, model):
+    cfg = make_cfg([f"model={model}", "data=wikipedia"], fast=False)
+    metrics, _ = train(cfg)
+    assert metrics["num_users"] == 8227 and metrics["num_items"] == 1000
+    if model == "recency":
+        assert metrics["test/mrr"] > 0.8
