@@ -1,0 +1,75 @@
+"""The repeat-aware mixture: two proper distributions, a gate in [0, 1], all items ranked."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from tempint.data.batch import Interactions
+from tempint.models.repeat_aware import RepeatAware
+from tempint.models.static import StaticEmbedding
+
+
+def batch(users, items, t, prev):
+    n = len(users)
+    return Interactions(
+        user=torch.tensor(users),
+        item=torch.tensor(items),
+        t=torch.tensor(t, dtype=torch.float64),
+        state_label=torch.zeros(n, dtype=torch.long),
+        delta_user=torch.zeros(n),
+        delta_item=torch.zeros(n),
+        prev_item=torch.tensor(prev),
+        cyclic=torch.zeros(n, 4),
+        index=torch.arange(n),
+    )
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    base = functools.partial(StaticEmbedding, dim=8)
+    return RepeatAware(num_users=3, num_items=6, base=base)
+
+
+def test_distributions_sum_to_one_and_the_mixture_ranks_every_item(model):
+    model.eval()
+    model(batch([0, 1], [2, 3], [0.0, 1.0], [-1, -1]))
+    model(batch([0, 1], [4, 3], [5.0, 6.0], [2, 3]))
+    probe = batch([0, 1, 2], [1, 1, 1], [10.0, 11.0, 12.0], [4, 3, -1])
+    output = model.base(probe)
+    gate, p_repeat, p_explore = model.distributions(probe, output)
+    assert torch.allclose(p_explore.sum(1), torch.ones(3))
+    # users 0 and 1 have a history: their repeat distribution sums to 1 over their own items
+    assert torch.allclose(p_repeat[:2].sum(1), torch.ones(2))
+    assert set(torch.nonzero(p_repeat[0]).flatten().tolist()) == {2, 4}
+    assert set(torch.nonzero(p_repeat[1]).flatten().tolist()) == {3}
+    # user 2 has none: no repeat mass and a closed gate
+    assert p_repeat[2].sum() == 0 and gate[2] == 0
+    assert ((gate >= 0) & (gate <= 1)).all()
+    # explore covers only items the user has not had
+    assert p_explore[0, 2] == 0 and p_explore[0, 4] == 0
+    scores = model(probe).scores
+    assert scores.shape == (3, 6) and torch.isfinite(scores).all()
+    mixture = scores.exp().sum(1)
+    assert torch.allclose(mixture, torch.ones(3), atol=1e-5)
+
+
+def test_scores_are_taken_before_the_batch_is_observed(model):
+    model.eval()
+    model(batch([0], [2], [0.0], [-1]))
+    first = model(batch([0], [5], [1.0], [2])).scores
+    model.reset_state()
+    model(batch([0], [2], [0.0], [-1]))
+    other_target = model(batch([0], [1], [1.0], [2])).scores
+    assert torch.equal(first, other_target)
+
+
+def test_training_loss_is_the_mixture_nll_plus_the_base_losses(model):
+    model.train()
+    out = model(batch([0, 1], [2, 3], [0.0, 1.0], [-1, -1]))
+    assert {"nll", "base/objective"} <= set(out.losses)
+    out.loss.backward()
+    assert model.base.user.weight.grad is not None
