@@ -167,7 +167,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     )
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer_overrides: dict[str, Any] = {}
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(resolved)  # the W&B run's config, the CSV logger's hparams.yaml
+    trainer_overrides: dict[str, Any] = _cluster_plugins()
     if not model.learned:
         trainer_overrides["max_epochs"] = 1  # counting the training stream once is all there is
     trainer = instantiate(
@@ -213,9 +216,21 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     for lg in trainer.loggers:
         lg.log_metrics(numeric)
         lg.finalize("success")
+    _finish_wandb()
     print(summary_table(metrics))
     objects = {"cfg": cfg, "datamodule": dm, "model": model, "module": module, "trainer": trainer}
     return metrics, objects
+
+
+def _cluster_plugins() -> dict[str, Any]:
+    """Under SLURM, submitit owns preemption: USR2 -> requeue -> the job reruns in its run
+    directory and resumes from last.ckpt. Lightning's own auto-requeue would requeue the
+    same job a second time, so it is switched off."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return {}
+    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
 
 
 def _finish_wandb() -> None:
@@ -230,7 +245,6 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except UserError as err:
         # Hydra reports any Exception with a traceback and exit 1; a user mistake is
         # one sentence and exit 2, so it leaves as SystemExit.
-        log.error("%s", err)
         print(f"tempint-train: {err}", file=sys.stderr)
         sys.exit(2)
     except Exception:
