@@ -106,7 +106,7 @@ class InteractionModule(L.LightningModule):
         if not torch.isfinite(loss):
             where = f"epoch {self.current_epoch}, batch {batch_idx}" if batch_idx is not None else "evaluation"
             raise NumericalFault(
-                f"the training loss became {float(loss)} at {where}; the last good checkpoint "
+                f"the training loss became {float(loss.detach())} at {where}; the last good checkpoint "
                 "is intact; lower optimizer.lr or set module.gradient_clip"
             )
         optimizer = self.optimizers()
