@@ -213,3 +213,43 @@ def test_scorer_is_chosen_on_validation_and_reported():
         if out[f"test/share/{tag}"] > 0
     )
     assert combined == pytest.approx(out["test/mrr"])
+
+
+def _every_model_config():
+    from tempint.config import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", _every_model_config())
+def test_no_model_scores_a_batch_with_knowledge_of_its_targets(name):
+    """Scores of a batch are identical whatever its target items are."""
+    import copy
+
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tempint.config import CONF_DIR
+    from tempint.eval.ranking import score_output
+
+    torch.manual_seed(0)
+    frame = no_repeat_stream(num_users=8, num_items=12, n=240)
+    dm = datamodule_for(frame, ChronoSampler(16), history_k=5)
+    cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+    model = instantiate(cfg, num_users=dm.num_users, num_items=dm.num_items)
+    model.eval()
+    with torch.no_grad():
+        for chunk in dm.chunks(dm.exact_plans("train")):
+            for step in chunk.steps:
+                model(step)
+        plans = dm.exact_plans("val")
+        step = next(s for p in plans for s in dm.chunks([p]).__next__().steps if len(s) >= 2)
+        twin = copy.deepcopy(model)
+        altered = step.select(torch.arange(len(step)))
+        altered.item = (altered.item + 5) % dm.num_items
+        first = model(step)
+        second = twin(altered)
+        for scorer in model.scorers:
+            a = score_output(first, scorer)
+            b = score_output(second, scorer)
+            assert torch.equal(a, b), f"{name}/{scorer} scores depend on the targets"
