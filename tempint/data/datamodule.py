@@ -51,9 +51,9 @@ def build_stream(
         ih, ih_dt = partner_history(items, users, t, history_k)
         columns.update(
             user_history=torch.from_numpy(uh),
-            user_history_dt=torch.from_numpy(gap_scale(uh_dt) * (uh >= 0)),
+            user_history_dt=torch.from_numpy(gap_scale(uh_dt)),  # gaps are 0 at padding
             item_history=torch.from_numpy(ih),
-            item_history_dt=torch.from_numpy(gap_scale(ih_dt) * (ih >= 0)),
+            item_history_dt=torch.from_numpy(gap_scale(ih_dt)),
         )
     if edge_features is not None:
         columns["edge_features"] = torch.from_numpy(np.ascontiguousarray(edge_features, np.float32))

@@ -47,12 +47,12 @@ def chrono_split(
     Boundaries are floor(N·(1 − val − test)) and floor(N·(1 − test)), the convention of
     JODIE's code, so on Wikipedia the training split has 125,979 interactions.
     """
-    for name, value in (("data.split.val", val), ("data.split.test", test)):
+    for name, value in (("data.val", val), ("data.test", test)):
         if not 0 < value < 1:
             raise ConfigError(f"{name}={value} is outside (0, 1); use a fraction such as 0.1")
     if val + test >= 1:
         raise ConfigError(
-            f"data.split.val + data.split.test = {val + test:g} leaves no training data; "
+            f"data.val + data.test = {val + test:g} leaves no training data; "
             "use fractions that sum to less than 1"
         )
     train_end = int(num_interactions * (1 - val - test))

@@ -93,8 +93,9 @@ class RepeatAware(InteractionModel):
         self.register_buffer("count", torch.zeros(num_users, num_items))
         self.register_buffer("user_total", torch.zeros(num_users))
         self.register_buffer("user_repeats", torch.zeros(num_users))
-        self.register_buffer("user_last_t", torch.full((num_users,), float("-inf"),
-                                                       dtype=torch.float64))
+        self.register_buffer(
+            "user_last_t", torch.full((num_users,), float("-inf"), dtype=torch.float64)
+        )
 
     # ---- state ---------------------------------------------------------------------------
     def reset_state(self) -> None:
