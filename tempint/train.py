@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tempint.config import check_cli_overrides, validate_config
 from tempint.errors import UserError
@@ -166,6 +166,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         scorer=cfg.eval.scorer,
     )
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    if cfg.get("group") is None:
+        with open_dict(cfg):
+            cfg.group = _default_group(output_dir)
     loggers = _instantiate_all(cfg.get("logger"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in loggers:
@@ -192,6 +195,14 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     best_path = _load_best(module, checkpoint_cb)
     metrics = evaluate_module(module, dm, cfg)
+    for extra in cfg.eval.get("also") or []:
+        # the same trained model under another protocol, from the same checkpoint
+        _load_best(module, checkpoint_cb)
+        other = OmegaConf.merge(cfg, {"eval": dict(extra)})
+        name = f"{other.eval.mode}_{other.eval.ties}"
+        for key, value in evaluate_module(module, dm, other).items():
+            if key.startswith(("val/", "test/")) and "/" not in key.split("/", 1)[1]:
+                metrics[f"protocol/{name}/{key}"] = value
     epochs = module.epoch_seconds
     seconds_per_epoch = sum(epochs) / len(epochs) if epochs else float("nan")
     metrics.update(
@@ -220,6 +231,17 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     print(summary_table(metrics))
     objects = {"cfg": cfg, "datamodule": dm, "model": model, "module": module, "trainer": trainer}
     return metrics, objects
+
+
+def _default_group(output_dir: Path) -> str:
+    """The sweep folder's name in a multirun (every job of it, on any node, agrees), else
+    the run folder's. Not a timestamp taken by the job: SLURM jobs start at different times."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return output_dir.name
 
 
 def _cluster_plugins() -> dict[str, Any]:
