@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,6 +92,8 @@ class InteractionModule(L.LightningModule):
             loss = self.model(step).loss
             if loss is not None:
                 total = loss if total is None else total + loss
+        for extra in self.model.chunk_losses().values():
+            total = extra if total is None else total + extra
         self.model.end_chunk(chunk)
         return total
 
@@ -167,9 +171,36 @@ class InteractionModule(L.LightningModule):
         checkpoint["tempint"] = {
             "epoch_seconds": list(self.epoch_seconds),
             "train_interactions": self.train_interactions,
+            "rng": _rng_state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         extra = checkpoint.get("tempint", {})
         self.epoch_seconds = list(extra.get("epoch_seconds", []))
         self.train_interactions = int(extra.get("train_interactions", 0))
+        if "rng" in extra:
+            _set_rng_state(extra["rng"])
+
+
+def _rng_state() -> dict:
+    """Random generators as of the checkpoint: a resumed run draws the same dropout masks
+    and negatives as one never interrupted (Lightning does not save them). Tensors and
+    plain values only, so `torch.load(weights_only=True)` reads it back."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

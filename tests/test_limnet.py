@@ -31,7 +31,7 @@ def _batch(users, items, delta_user=None, delta_item=None, cyclic=None):
 
 def _model(**kwargs):
     torch.manual_seed(0)
-    options = {"num_users": 3, "num_items": 4, "dim": 3, "normalize": False}
+    options = {"num_users": 3, "num_items": 4, "dim": 3, "normalize": False, "spread_scope": "step"}
     options.update(kwargs)
     return LiMNet(**options)
 
@@ -393,3 +393,16 @@ def test_training_makes_the_user_rank_its_item_first():
     scores = out.query @ out.candidates.T
     assert int(scores.argmax()) == 2
     assert math.isfinite(float(scores.max()))
+
+
+def test_chunk_spread_pools_the_pairs_of_every_step():
+    """With spread_scope=chunk the regulariser sees all steps' embeddings at once."""
+    step_model = _model(dim=2, normalize=True, objective_weight=0.0)
+    both = step_model(_batch([0, 1, 2], [0, 1, 2])).losses["spread"]
+    model = _model(dim=2, normalize=True, objective_weight=0.0, spread_scope="chunk")
+    assert "spread" not in model(_batch([0], [0])).losses
+    assert "spread" not in model(_batch([1, 2], [1, 2])).losses
+    pooled = model.chunk_losses()["spread"]
+    # three unit initial vectors per side, all equal: the same value as one step of three
+    assert pooled.item() == pytest.approx(both.item())
+    assert model.chunk_losses() == {}

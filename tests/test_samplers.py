@@ -123,11 +123,13 @@ def test_tbatch_properties_and_reference(stream, num_windows, timespan):
 @given(streams(), st.integers(1, 9))
 def test_chrono_chunks_are_consecutive_and_cover_once(stream, batch_size):
     users, items, t, start, end = stream
-    plans = ChronoSampler(batch_size).plan(users, items, t, start, end)
-    assert all(len(p.steps) == 1 for p in plans)
+    plans = ChronoSampler(batch_size, steps=3).plan(users, items, t, start, end)
+    assert all(1 <= len(p.steps) <= 3 for p in plans)
+    assert all(len(p.steps) == 3 for p in plans[:-1])
     assert flatten(plans).tolist() == list(range(start, end))  # in order, once each
-    assert all(len(p.steps[0]) == batch_size for p in plans[:-1])
-    assert 1 <= len(plans[-1].steps[0]) <= batch_size
+    steps = [s for p in plans for s in p.steps]
+    assert all(len(s) == batch_size for s in steps[:-1])
+    assert 1 <= len(steps[-1]) <= batch_size
 
 
 @SETTINGS

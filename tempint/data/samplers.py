@@ -112,23 +112,32 @@ class TBatchSampler:
 
 
 class ChronoSampler:
-    """Contiguous chunks of `batch_size` consecutive interactions, one step each.
+    """Consecutive interactions: steps of `batch_size`, `steps` of them per chunk.
 
     A node may occur twice in a step: all reads happen before the step's writes, the
-    accepted approximation of chronological batching with global memory.
+    accepted approximation of chronological batching with global memory. Several steps
+    per chunk let backward reach the updates that produced a step's memory (with one
+    step per chunk and losses on pre-update memory, the cells would get no gradient).
     """
 
     name = "chrono"
 
-    def __init__(self, batch_size: int = 200):
+    def __init__(self, batch_size: int = 200, steps: int = 8):
         self.batch_size = _positive(
             "sampler.batch_size", batch_size, "use a positive integer or sampler=tbatch"
         )
+        self.steps = _positive("sampler.steps", steps, "steps per optimiser step")
 
     def plan(self, users, items, t, start: int, end: int, epoch: int = 0) -> list[ChunkPlan]:
+        span = self.batch_size * self.steps
         return [
-            ChunkPlan(steps=[np.arange(lo, min(lo + self.batch_size, end))])
-            for lo in range(start, end, self.batch_size)
+            ChunkPlan(
+                steps=[
+                    np.arange(lo, min(lo + self.batch_size, end))
+                    for lo in range(chunk, min(chunk + span, end), self.batch_size)
+                ]
+            )
+            for chunk in range(start, end, span)
         ]
 
 

@@ -134,6 +134,9 @@ def run_stream(
                     evaluator.update(output, step, mask)
                 if online and output.loss is not None:
                     pending = output.loss if pending is None else pending + output.loss
+            if online:
+                for extra in model.chunk_losses().values():
+                    pending = extra if pending is None else pending + extra
             model.end_chunk(chunk)
             if online:
                 t_last = float(chunk.steps[-1].t.max())

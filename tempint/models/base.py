@@ -69,4 +69,12 @@ class InteractionModel(nn.Module):
         """Called before a chunk's steps: window-local models set up their local memory."""
 
     def end_chunk(self, chunk: Chunk) -> None:
-        """Called after a chunk's steps (and its optimiser step)."""
+        """Called after a chunk's steps, before its optimiser step."""
+
+    def chunk_losses(self) -> dict[str, Tensor]:
+        """Loss terms over the whole chunk, added after its last step.
+
+        For terms that need more than one small step: a t-batch holds a handful of
+        interactions, too few for a regulariser built from pairs of the batch.
+        """
+        return {}

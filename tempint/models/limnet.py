@@ -74,6 +74,7 @@ class LiMNet(InteractionModel):
         loss: str = "mse",
         objective_weight: float = 1.0,
         spread_weight: float = 1.0,
+        spread_scope: str = "chunk",
         warm_start: bool = False,
         negative_slope: float = 0.01,
     ) -> None:
@@ -96,6 +97,11 @@ class LiMNet(InteractionModel):
         self.loss = loss
         self.objective_weight = float(objective_weight)
         self.spread_weight = float(spread_weight)
+        if spread_scope not in ("chunk", "step"):
+            raise ConfigError(f"model.spread_scope={spread_scope!r} is unknown; use chunk or step")
+        # "chunk": pairs from every step of the chunk (a t-batch has only a few interactions)
+        self.spread_scope = spread_scope
+        self._chunk_pairs: list[Tensor] = []
         self.warm_start = bool(warm_start)
         self.negative_slope = float(negative_slope)
 
@@ -139,6 +145,7 @@ class LiMNet(InteractionModel):
     def detach_state(self) -> None:
         self.memory.detach_state()
         self._init_cache = None
+        self._chunk_pairs = []
         if self._local is not None:
             self._local.detach_state()
 
@@ -274,10 +281,24 @@ class LiMNet(InteractionModel):
             dots = (users * items).sum(dim=-1)
             objective = F.mse_loss(dots, torch.ones_like(dots)) * self.objective_weight
         losses = {"objective": objective}
-        if self.spread_weight != 0.0:  # a batch of one has no pairs: spread 0
-            pairs = max(size * (size - 1), 1)
-            losses["spread"] = _off_diagonal_mass(pair) * (self.spread_weight / pairs)
+        if self.spread_weight == 0.0:
+            return losses
+        if self.spread_scope == "chunk":
+            self._chunk_pairs.append(pair)
+        else:  # a batch of one has no pairs: spread 0
+            losses["spread"] = self._spread(pair)
         return losses
+
+    def _spread(self, pair: Tensor) -> Tensor:
+        size = pair.shape[1]
+        return _off_diagonal_mass(pair) * (self.spread_weight / max(size * (size - 1), 1))
+
+    def chunk_losses(self) -> dict[str, Tensor]:
+        if not self._chunk_pairs:
+            return {}
+        pairs = torch.cat(self._chunk_pairs, dim=1)
+        self._chunk_pairs = []
+        return {"spread": self._spread(pairs)}
 
 
 def _off_diagonal_mass(x: Tensor) -> Tensor:
