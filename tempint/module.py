@@ -164,6 +164,7 @@ class InteractionModule(L.LightningModule):
                 current = state[name]
                 if current.shape == saved.shape:
                     current.copy_(saved)
+        self.model.detach_state()  # drop any per-chunk state kept beside the buffers
         self._snapshot = None
 
     # ---- checkpoints carry the training-epoch timings -------------------------------

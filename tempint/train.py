@@ -114,6 +114,7 @@ def _load_best(module, checkpoint_cb) -> str | None:
         return None
     state = torch.load(path, map_location=module.device, weights_only=False)["state_dict"]
     module.load_state_dict(state)
+    module.model.detach_state()  # state kept beside the buffers belongs to the old memory
     return path
 
 
@@ -147,6 +148,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from tempint.module import InteractionModule
     from tempint.report import summary_table
 
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -74,7 +74,7 @@ class LiMNet(InteractionModel):
         loss: str = "mse",
         objective_weight: float = 1.0,
         spread_weight: float = 1.0,
-        spread_scope: str = "chunk",
+        spread_scope: str = "step",
         warm_start: bool = False,
         negative_slope: float = 0.01,
     ) -> None:
