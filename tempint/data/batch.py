@@ -85,6 +85,8 @@ class Interactions:
         return Interactions(**out)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Interactions:
+        if self.user.device == torch.device(device):
+            return self
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -129,6 +131,8 @@ class Chunk:
         return sum(len(s) for s in self.steps)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Chunk:
+        if self.steps[0].user.device == torch.device(device):
+            return self
         def move(x):
             return None if x is None else x.to(device, non_blocking=non_blocking)
 
