@@ -1,0 +1,608 @@
+"""JODIE: coupled user/item RNN memory, time projection and item-embedding prediction.
+
+Kumar, Zhang and Leskovec, "Predicting Dynamic Embedding Trajectory in Temporal
+Interaction Networks", KDD'19. Every interaction (u, i) at time t, with Δ the time since
+the node's previous interaction and f the optional edge features:
+
+    u(t) = norm(tanh(W_u [i(t⁻); Δ_u; f] + U_u u(t⁻) + b_u))      Eq. 1, user RNN
+    i(t) = norm(tanh(W_i [u(t⁻); Δ_i; f] + U_i i(t⁻) + b_i))      Eq. 2, item RNN
+    û    = (1 + w Δ_u + w₀) ⊙ u(t⁻)                              Eq. 3, projection
+    ĵ    = W [û; j(t⁻); j̄; ū] + B                                 Eq. 4, prediction
+
+j is the item of the user's previous interaction, bars are static (one-hot) embeddings,
+and ĵ predicts the next item's [dynamic; static] vector. Where the published code and
+the paper differ, the code is followed: the projection layer has a bias w₀ and N(0, 1)
+init (its `NormalLinear(1, d)`), each loss term is an `nn.MSELoss` per t-batch (mean over
+batch and dimensions) with the pre-update vectors as detached targets, and a user with
+no previous item reads a padding item: the initial item vector and its own static column.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tempint.data.batch import Chunk, Interactions
+from tempint.errors import ConfigError
+from tempint.models.base import InteractionModel, Output
+from tempint.models.memory import LocalMemory, MemoryState
+
+__all__ = ["JODIE", "CoupledUpdate", "REDUCTIONS"]
+
+REDUCTIONS = ("mean", "sum")
+
+
+class CoupledUpdate(nn.Module):
+    """JODIE's user and item RNN cells (Eq. 1-2) as one matmul per step.
+
+    Both cells read the states *before* the interaction. `weight` [2d + F, 2d] acts on
+    [u; i; f]: output columns [0, d) are the user cell (U_u over u, W_u over i and f),
+    columns [d, 2d) the item cell (W_i over u, U_i over i and f). `time_weight` [2, d]
+    holds the Δ_u column of W_u and the Δ_i column of W_i, so a side never sees the
+    other side's Δ. `bias` [2d] is b_ih + b_hh of the two `nn.RNNCell`s.
+    """
+
+    def __init__(self, dim: int, num_features: int = 0) -> None:
+        super().__init__()
+        self.dim = int(dim)
+        self.num_features = int(num_features)
+        self.weight = nn.Parameter(torch.empty(2 * dim + num_features, 2 * dim))
+        self.time_weight = nn.Parameter(torch.empty(2, dim))
+        self.bias = nn.Parameter(torch.empty(2 * dim))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.dim)  # nn.RNNCell's init; its two biases are summed
+        for p in (self.weight, self.time_weight):
+            p.uniform_(-bound, bound)
+        self.bias.uniform_(-bound, bound).add_(torch.empty_like(self.bias).uniform_(-bound, bound))
+
+    def forward(
+        self, user: Tensor, item: Tensor, delta: Tensor, features: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """New unit-norm states u(t), i(t) [B, d] from u(t⁻), i(t⁻) [B, d], Δ [B, 2]."""
+        parts = (user, item) if features is None else (user, item, features)
+        pre = torch.addmm(self.bias, torch.cat(parts, dim=1), self.weight).view(-1, 2, self.dim)
+        pre = pre.addcmul(delta[:, :, None], self.time_weight)
+        new_user, new_item = F.normalize(torch.tanh(pre), dim=-1).unbind(1)
+        return new_user, new_item
+
+
+class _DenseGradHook:
+    """Post-accumulate hook: a sparse `.grad` becomes dense, in one buffer reused each step.
+
+    Row lookups emit sparse gradients, cheap to build and to sum over steps; Adam needs a
+    dense one. Filling a kept buffer instead of allocating [U + I + 1, d + I] afresh every
+    optimiser step (page faults included) removes the largest per-chunk cost on CPU.
+    The parameter is held weakly, so a deep copy of the model (whose new parameter has no
+    hook) is detected and hooked again.
+    """
+
+    def __init__(self, param: nn.Parameter) -> None:
+        self.param = weakref.ref(param)
+        self.buffer: Tensor | None = None
+        param.register_post_accumulate_grad_hook(self)
+
+    def __getstate__(self) -> dict:  # copies and pickles drop the hook; the model re-hooks
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.param = lambda: None
+        self.buffer = None
+
+    def __call__(self, param: Tensor) -> None:
+        grad = param.grad
+        if grad is None or grad.layout == torch.strided:
+            return
+        buffer = self.buffer
+        if buffer is None or buffer.shape != param.shape or buffer.dtype != param.dtype:
+            buffer = self.buffer = torch.empty_like(param, memory_format=torch.contiguous_format)
+        elif buffer.device != param.device:
+            buffer = self.buffer = buffer.to(param.device)
+        buffer.zero_().index_add_(0, grad._indices()[0], grad._values())
+        param.grad = buffer
+
+
+@dataclass
+class _Rows:
+    """Everything the losses need about a set of interactions, [N] or [N, ...]."""
+
+    user: Tensor  # global user ids
+    item: Tensor  # global item ids
+    prev_item: Tensor  # -1 if none
+    delta: Tensor  # [N, 2] scaled Δ_u, Δ_i
+    state_label: Tensor
+    step_of: Tensor | None = None  # t-batch of each row, for per-t-batch means
+    step_size: Tensor | None = None  # [N] size of the row's t-batch
+
+
+@dataclass
+class _PlannedChunk:
+    """A training chunk whose losses are computed once, at its last step.
+
+    The losses of a t-batch need only what the step read (pre-update states) and what
+    it wrote, so the steps stash those and the prediction layer, the projection and
+    every loss run once over the whole chunk: the same sums of per-t-batch means, with
+    a fraction of the kernel launches (a Wikipedia epoch has ~12k t-batches of ~10).
+    """
+
+    rows: _Rows
+    written_users: tuple[Tensor, Tensor]  # (global ids, cache slots)
+    written_items: tuple[Tensor, Tensor]
+    stash: list[tuple[Tensor, ...]] = field(default_factory=list)
+
+
+@dataclass
+class _PlannedStep:
+    user_slots: Tensor  # [n]
+    item_slots: Tensor  # [n, 2]: target item, previous item (padding row if none)
+    delta: Tensor  # [n, 2]
+    chunk: _PlannedChunk
+    last: bool
+    batch: Interactions
+
+
+class _GraphCache:
+    """The global-memory rows touched since the last detach, as small differentiable tables.
+
+    Reading and writing the global [U, d] buffers inside autograd makes every step's
+    backward build [U, d] gradients. Copying the rows a chunk touches into [R, d] tables
+    once per chunk keeps backward O(R·d). Item row 0 is the padding item (the initial
+    vector, never written). Rows are added chunk by chunk, so gradient flows across
+    chunks until `detach_state` (online evaluation steps once per time window).
+    """
+
+    def __init__(self, memory: MemoryState) -> None:
+        self.memory = memory
+        device = memory.user.device
+        # Slot of each global id; ids not cached point past the end (a read fails loudly).
+        self.user_slot = torch.full((memory.num_users,), 2**62, dtype=torch.long, device=device)
+        self.item_slot = torch.full((memory.num_items,), 2**62, dtype=torch.long, device=device)
+        self.user = memory.user.new_empty(0, memory.dim)
+        self.item = memory.item_init[None].clone()  # row 0: padding item
+        self.steps: dict[int, _PlannedStep] = {}
+
+    def add(self, chunk: Chunk) -> None:
+        steps = chunk.steps
+        rows = _Rows(
+            user=torch.cat([s.user for s in steps]),
+            item=torch.cat([s.item for s in steps]),
+            prev_item=torch.cat([s.prev_item for s in steps]),
+            delta=torch.stack(
+                (
+                    torch.cat([s.delta_user for s in steps]),
+                    torch.cat([s.delta_item for s in steps]),
+                ),
+                dim=1,
+            ).to(self.memory.user.dtype),
+            state_label=torch.cat([s.state_label for s in steps]),
+        )
+        sizes = torch.tensor([len(s) for s in steps], device=rows.user.device)
+        rows.step_of = torch.repeat_interleave(torch.arange(len(steps), device=sizes.device), sizes)
+        rows.step_size = sizes[rows.step_of]
+        users = torch.unique(rows.user)
+        items = torch.unique(rows.item)
+        self.user = _extend(self.user, self.user_slot, users, self.memory.read_users)
+        prev = rows.prev_item
+        known = torch.unique(torch.cat((items, prev[prev >= 0])))
+        self.item = _extend(self.item, self.item_slot, known, self.memory.read_items)
+
+        user_slots = self.user_slot[rows.user]
+        prev_slots = torch.where(prev >= 0, self.item_slot[prev.clamp(min=0)], 0)
+        item_slots = torch.stack((self.item_slot[rows.item], prev_slots), dim=1)
+        planned = _PlannedChunk(
+            rows=rows,
+            written_users=(users, self.user_slot[users]),
+            written_items=(items, self.item_slot[items]),
+        )
+        start = 0
+        for k, step in enumerate(steps):
+            part = slice(start, start + len(step))
+            start += len(step)
+            self.steps[id(step)] = _PlannedStep(
+                user_slots[part], item_slots[part], rows.delta[part], planned,
+                k == len(steps) - 1, step,
+            )  # fmt: skip
+
+    def find(self, batch: Interactions) -> _PlannedStep | None:
+        step = self.steps.get(id(batch))
+        return step if step is not None and step.batch is batch else None
+
+    @torch.no_grad()
+    def flush(self, planned: _PlannedChunk) -> None:
+        """Write the chunk's nodes' latest states to the global memory, detached."""
+        ids, slots = planned.written_users
+        self.memory.write_users(ids, self.user[slots])
+        ids, slots = planned.written_items
+        self.memory.write_items(ids, self.item[slots])
+
+
+def _extend(table: Tensor, slot: Tensor, ids: Tensor, read) -> Tensor:
+    """`table` with rows appended for the `ids` (unique) it does not hold yet."""
+    new = ids[slot[ids] >= table.shape[0]]
+    if new.numel() == 0:
+        return table
+    slot[new] = torch.arange(table.shape[0], table.shape[0] + new.shape[0], device=ids.device)
+    return torch.cat((table, read(new)))
+
+
+class JODIE(InteractionModel):
+    """JODIE with every component a switch, for ablations that bridge it to plain memories.
+
+    - `static_embeddings`: one-hot user and item identities in the prediction layer's
+      input and target. A one-hot times W is a column of W, so they are row lookups in
+      `static_weight` [U + I + 1, D] (rows: users, previous items, no previous item),
+      and the target's one-hot block is never built for ranking.
+    - `time_projection`: Eq. 3; off, û = u(t⁻).
+    - `prediction_layer`: Eq. 4; off, the query is û itself (d-dimensional), scored
+      against the dynamic item vectors, and the MSE pulls û to the target's vector.
+      Static embeddings need the prediction layer.
+    - `smoothness_loss`: λ_U ||u(t) − u(t⁻)||² + λ_I ||i(t) − i(t⁻)||² (MSE form).
+    - `state_change_head`: MLP(d → 50 → 2) on u(t), cross-entropy on `state_label` with
+      class weights [1, `state_change_weight`] (the published code uses N / (1 + #positives)).
+
+    Output: `query` ĵ's dynamic part [B, d] with `candidates` the dynamic item table, and
+    native `scores` [B, I]: minus the squared L2 distance of ĵ to every item's
+    [dynamic; one-hot] vector (rank-equivalent to the code's PairwiseDistance), computed as
+    ||ĵ_d − e_d||² + ||ĵ_s||² − 2 ĵ_s[i] + 1. Scores are built when not training with
+    gradients (or when `score_all_items` forces it): training needs only the target rows.
+
+    Training chunks seen by `begin_chunk` return their losses with their last step and
+    no query (see `_PlannedChunk`); under `no_grad` no losses are computed at all.
+    """
+
+    scorers = ("native", "dot", "l2")
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        dim: int = 128,
+        static_embeddings: bool = True,
+        time_projection: bool = True,
+        prediction_layer: bool = True,
+        smoothness_loss: bool = True,
+        lambda_user: float = 1.0,
+        lambda_item: float = 1.0,
+        use_edge_features: bool = False,
+        num_edge_features: int = 0,
+        state_change_head: bool = False,
+        state_change_weight: float = 1.0,
+        state_hidden: int = 50,
+        loss_reduction: str = "mean",
+        warm_start: bool = False,
+    ) -> None:
+        super().__init__(num_users, num_items)
+        if int(dim) < 1:
+            raise ConfigError(f"model.dim={dim} must be at least 1")
+        if loss_reduction not in REDUCTIONS:
+            raise ConfigError(
+                f"model.loss_reduction={loss_reduction!r} is unknown; use mean or sum"
+            )
+        if static_embeddings and not prediction_layer:
+            raise ConfigError(
+                "model.static_embeddings=true needs model.prediction_layer=true (static "
+                "embeddings only enter through the prediction layer); set both to false"
+            )
+        if use_edge_features and int(num_edge_features) < 1:
+            raise ConfigError(
+                f"model.use_edge_features=true needs model.num_edge_features >= 1, "
+                f"got {num_edge_features}"
+            )
+        if lambda_user < 0 or lambda_item < 0 or not state_change_weight > 0:
+            raise ConfigError(
+                "model.lambda_user and model.lambda_item must be >= 0 and "
+                "model.state_change_weight > 0"
+            )
+        self.dim = int(dim)
+        self.static_embeddings = bool(static_embeddings)
+        self.time_projection = bool(time_projection)
+        self.prediction_layer = bool(prediction_layer)
+        self.smoothness_loss = bool(smoothness_loss)
+        self.lambda_user = float(lambda_user)
+        self.lambda_item = float(lambda_item)
+        self.use_edge_features = bool(use_edge_features)
+        self.num_edge_features = int(num_edge_features) if use_edge_features else 0
+        self.state_change_head = bool(state_change_head)
+        self.loss_reduction = loss_reduction
+        self.warm_start = bool(warm_start)
+        # None: all-item scores exactly when not training with gradients; True/False forces.
+        self.score_all_items: bool | None = None
+
+        d = self.dim
+        self.memory = MemoryState(num_users, num_items, d)
+        with torch.no_grad():  # the published code: normalised uniform initial vectors
+            self.memory.user_init.copy_(F.normalize(torch.rand(d), dim=0))
+            self.memory.item_init.copy_(F.normalize(torch.rand(d), dim=0))
+        self.memory.reset_state()
+        self.update = CoupledUpdate(d, self.num_edge_features)
+
+        if self.time_projection:  # NormalLinear(1, d): normal, std 1/sqrt(in) = 1
+            self.projection_weight = nn.Parameter(torch.randn(d))
+            self.projection_bias = nn.Parameter(torch.randn(d))
+
+        self.out_dim = d + (num_items if self.static_embeddings else 0)
+        if self.prediction_layer:
+            fan_in = 2 * d + (num_users + num_items + 1 if self.static_embeddings else 0)
+            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's init over the whole input
+
+            def uniform(*shape: int) -> nn.Parameter:
+                return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+            self.predict_weight = uniform(2 * d, self.out_dim)
+            self.predict_bias = uniform(self.out_dim)
+            if self.static_embeddings:
+                self.static_weight = uniform(num_users + num_items + 1, self.out_dim)
+
+        if self.state_change_head:
+            hidden = int(state_hidden)
+            self.state_head = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+            weight = torch.tensor([1.0, float(state_change_weight)])
+            self.register_buffer("state_class_weight", weight, persistent=False)
+
+        self._local: LocalMemory | None = None
+        self._cache: _GraphCache | None = None
+        self._grad_hook: _DenseGradHook | None = None
+        # Sparse gradients for the static table (turned into dense ones by a hook); off
+        # for tools that take gradients without accumulating them (gradcheck).
+        self.sparse_gradients = True
+        self._window_keys: Tensor | None = None
+        self._window_rows: Tensor | None = None
+
+    # ---- stream state ------------------------------------------------------------------
+
+    def reset_state(self) -> None:
+        self.memory.reset_state()
+        self._local = None
+        self._cache = None
+
+    def detach_state(self) -> None:
+        self.memory.detach_state()
+        if self._local is not None:
+            self._local.detach_state()
+        self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        """Forget the cached rows (their graph), first writing unflushed chunks back."""
+        if self._cache is not None:
+            for planned in {id(s.chunk): s.chunk for s in self._cache.steps.values()}.values():
+                if planned.stash:
+                    self._cache.flush(planned)
+            self._cache = None
+
+    def begin_chunk(self, chunk: Chunk) -> None:
+        """Window-local memory for the sequence sampler; else cache the rows gradients need."""
+        if chunk.local_users is None:
+            if torch.is_grad_enabled() and chunk.steps:
+                if self._cache is None:
+                    self._cache = _GraphCache(self.memory)
+                self._cache.add(chunk)
+            return
+        self._drop_cache()
+        row_window = chunk.row_window
+        if row_window is None:  # window b owns rows [b·L, (b+1)·L), L = number of steps
+            rows = chunk.local_users.shape[0]
+            row_window = torch.arange(rows, device=chunk.local_users.device) // len(chunk.steps)
+        num_windows = int(row_window.max()) + 1 if row_window.numel() else 0
+        self._local = self.memory.localize(
+            chunk.local_users, chunk.local_items, row_window, num_windows, warm=self.warm_start
+        )
+        # (window, item) -> local row, over the rows the steps use: previous-item lookups
+        used = torch.unique(torch.cat([s.item_rows for s in chunk.steps]))
+        keys = row_window[used] * self.num_items + chunk.local_items[used].long()
+        self._window_keys, order = torch.sort(keys)
+        self._window_rows = used[order]
+
+    def end_chunk(self, chunk: Chunk) -> None:
+        if self._local is not None:
+            self._local.commit()
+            self._local = None
+            self._window_keys = self._window_rows = None
+
+    # ---- reading and writing node states -----------------------------------------------
+
+    def _read(self, batch: Interactions, step: _PlannedStep | None) -> tuple[Tensor, ...]:
+        """u(t⁻), i(t⁻) and j(t⁻), the previous item's current state (padding: init)."""
+        if step is not None:
+            item, previous = self._cache.item[step.item_slots].unbind(1)
+            return self._cache.user[step.user_slots], item, previous
+        prev = batch.prev_item
+        safe = prev.clamp(min=0)
+        if self._local is not None:
+            memory = self._local
+            item = memory.read_items(batch.item_rows)
+            previous = self._window_previous_items(batch, safe)
+        else:
+            memory = self.memory
+            both = memory.read_items(torch.cat((batch.item_rows, safe)))
+            item, previous = both[: len(batch)], both[len(batch) :]
+        previous = torch.where((prev >= 0)[:, None], previous, self.memory.item_init)
+        return memory.read_users(batch.user_rows), item, previous
+
+    def _window_previous_items(self, batch: Interactions, safe: Tensor) -> Tensor:
+        """The previous item's row in this entry's window, else its state outside windows.
+
+        Outside the window's rows an item is at its initial vector (cold windows) or at
+        its global state (warm windows), exactly what a window row of it would read.
+        """
+        local, keys = self._local, self._window_keys
+        key = local.row_window[batch.user_rows] * self.num_items + safe
+        pos = torch.searchsorted(keys, key).clamp(max=keys.numel() - 1)
+        inside = local.read_items(self._window_rows[pos])
+        if local.warm:
+            outside = self.memory.read_items(safe)
+        else:
+            outside = self.memory.item_init.expand_as(inside)
+        return torch.where((keys[pos] == key)[:, None], inside, outside)
+
+    def _write(
+        self, batch: Interactions, step: _PlannedStep | None, user: Tensor, item: Tensor
+    ) -> None:
+        if step is not None:
+            self._cache.user.index_copy_(0, step.user_slots, user)
+            self._cache.item.index_copy_(0, step.item_slots[:, 0], item)
+            if not self._scoring():  # the global table is written back at the chunk's end
+                return
+            user, item = user.detach(), item.detach()
+        memory = self._local if self._local is not None else self.memory
+        memory.write_users(batch.user_rows, user)
+        memory.write_items(batch.item_rows, item)
+
+    def _item_table(self, batch: Interactions) -> Tensor:
+        """Candidate dynamic item vectors before the step: [I, d], or [B, I, d] per window."""
+        if self._local is None and torch.is_grad_enabled():
+            return self.memory.item_table()  # with the graph of rows written since the detach
+        if self._local is None:  # a masked copy is ~3x faster than a broadcast where
+            table = self.memory.item.clone()
+            table[~self.memory.item_seen] = self.memory.item_init
+            return table
+        tables = self._local.item_tables()
+        windows = self._local.row_window[batch.user_rows]
+        if windows.shape[0] == tables.shape[0] and bool(
+            (windows == torch.arange(windows.shape[0], device=windows.device)).all()
+        ):
+            return tables
+        return tables.index_select(0, windows)
+
+    # ---- prediction, scores, losses ----------------------------------------------------
+
+    def _scoring(self) -> bool:
+        if self.score_all_items is not None:
+            return self.score_all_items
+        return not (self.training and torch.is_grad_enabled())
+
+    def _sparse_static(self) -> bool:
+        if not (self.sparse_gradients and torch.is_grad_enabled()):
+            return False
+        hook = self._grad_hook
+        if hook is None or hook.param() is not self.static_weight:
+            self._grad_hook = _DenseGradHook(self.static_weight)
+        return True
+
+    def _predict(self, user: Tensor, previous: Tensor, rows: _Rows) -> Tensor:
+        """ĵ [N, D] (Eq. 3-4), or û [N, d] without the prediction layer."""
+        if self.time_projection:
+            scale = torch.addcmul(
+                self.projection_bias + 1.0, rows.delta[:, :1], self.projection_weight
+            )
+            user = user * scale
+        if not self.prediction_layer:
+            return user
+        x = torch.cat((user, previous), dim=1)
+        if not self.static_embeddings:
+            return torch.addmm(self.predict_bias, x, self.predict_weight)
+        prev_row = rows.prev_item.remainder(self.num_items + 1) + self.num_users  # -1 -> pad
+        index = torch.stack((rows.user, prev_row), dim=1)
+        static = F.embedding_bag(
+            index, self.static_weight, mode="sum", sparse=self._sparse_static()
+        )
+        return torch.addmm(static + self.predict_bias, x, self.predict_weight)
+
+    def _native_scores(self, query: Tensor, table: Tensor) -> Tensor:
+        """−||ĵ − [e; onehot]||² for every item [B, I], the identity block never built.
+
+        = 2 ĵ_d·e + 2 ĵ_s[i] − ||ĵ||² − 1 − ||e||² (without static embeddings, no ĵ_s
+        and no 1). `table` [I, d], or [B, I, d] with one table per query.
+        """
+        q = query[:, : self.dim]
+        norms = query.square().sum(dim=1, keepdim=True)  # ||ĵ||² [B, 1]
+        if self.static_embeddings:
+            base = query[:, self.dim :].mul(2.0).sub_(norms + 1.0)
+        else:
+            base = norms.neg()
+        if table.dim() == 2:
+            base = base - table.square().sum(dim=1)
+            return torch.addmm(base, q, table.t(), alpha=2.0)
+        base = base - table.square().sum(dim=2)
+        return torch.baddbmm(base[:, None], q[:, None], table.transpose(1, 2), alpha=2.0)[:, 0]
+
+    def _mse(self, x: Tensor, target: Tensor, rows: _Rows) -> Tensor:
+        """nn.MSELoss of every t-batch (mean over its rows and columns), summed over t-batches."""
+        if self.loss_reduction == "sum":
+            return F.mse_loss(x, target.detach(), reduction="sum")
+        if rows.step_size is None:
+            return F.mse_loss(x, target.detach())
+        per_row = (x - target.detach()).square().sum(dim=1)
+        return (per_row / rows.step_size).sum() / x.shape[1]
+
+    def _losses(
+        self, query: Tensor, user: Tensor, item: Tensor, new_user: Tensor, new_item: Tensor,
+        rows: _Rows,
+    ) -> dict[str, Tensor]:  # fmt: skip
+        target = item
+        if self.prediction_layer and self.static_embeddings:
+            onehot = F.one_hot(rows.item, self.num_items).to(item.dtype)
+            target = torch.cat((item, onehot), dim=1)
+        losses = {"prediction": self._mse(query, target, rows)}
+        if self.smoothness_loss:
+            losses["smooth_user"] = self.lambda_user * self._mse(new_user, user, rows)
+            losses["smooth_item"] = self.lambda_item * self._mse(new_item, item, rows)
+        if self.state_change_head:
+            logits = self.state_head(new_user)
+            weight = self.state_class_weight.to(logits.dtype)
+            if self.loss_reduction == "sum" or rows.step_of is None:
+                reduction = self.loss_reduction
+                loss = F.cross_entropy(logits, rows.state_label, weight=weight, reduction=reduction)
+            else:  # nn.CrossEntropyLoss(weight) per t-batch: sum w·nll / sum w
+                nll = F.cross_entropy(logits, rows.state_label, weight=weight, reduction="none")
+                w = weight[rows.state_label]
+                totals = torch.zeros(int(rows.step_of.max()) + 1, dtype=w.dtype, device=w.device)
+                totals = totals.index_add(0, rows.step_of, w)
+                loss = (nll / totals[rows.step_of]).sum()
+            losses["state_change"] = loss
+        return losses
+
+    def _features(self, batch: Interactions) -> Tensor | None:
+        if not self.use_edge_features:
+            return None
+        if batch.edge_features is None:
+            raise ConfigError(
+                "model.use_edge_features=true but the data has no edge features; "
+                "set data.edge_features=true or model.use_edge_features=false"
+            )
+        return batch.edge_features.to(self.update.weight.dtype)
+
+    # ---- one step ----------------------------------------------------------------------
+
+    def forward(self, batch: Interactions) -> Output:
+        """Predict from the states before the batch, then update them (Eq. 1-4)."""
+        step = self._cache.find(batch) if self._cache is not None else None
+        if step is None and self._cache is not None and self._local is None:
+            self._drop_cache()  # a step begin_chunk never saw: the global rows are current
+        user, item, previous = self._read(batch, step)
+        delta = step.delta if step is not None else None
+        if delta is None:
+            delta = torch.stack((batch.delta_user, batch.delta_item), dim=1).to(user.dtype)
+        new_user, new_item = self.update(user, item, delta, self._features(batch))
+
+        if step is not None and not self._scoring():
+            self._write(batch, step, new_user, new_item)
+            planned = step.chunk
+            planned.stash.append((user, item, previous, new_user, new_item))
+            if not step.last:
+                return Output()
+            stacked = [torch.cat(parts) for parts in zip(*planned.stash)]
+            planned.stash.clear()
+            self._cache.flush(planned)
+            query = self._predict(stacked[0], stacked[2], planned.rows)
+            losses = self._losses(
+                query, stacked[0], stacked[1], stacked[3], stacked[4], planned.rows
+            )
+            return Output(losses=losses)
+
+        rows = _Rows(batch.user, batch.item, batch.prev_item, delta, batch.state_label)
+        query = self._predict(user, previous, rows)
+        out = Output(query=query[:, : self.dim])
+        if self._scoring():
+            out.candidates = self._item_table(batch)
+            out.scores = self._native_scores(query, out.candidates)
+        if torch.is_grad_enabled():
+            out.losses = self._losses(query, user, item, new_user, new_item, rows)
+        self._write(batch, step, new_user, new_item)
+        return out
