@@ -225,6 +225,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "num_items": dm.num_items,
             "split": dm.split.as_dict(),
             "config": OmegaConf.to_container(cfg, resolve=True),
+            "choices": _choices(),
         }
     )
     atomic_write_json(output_dir / "metrics.json", metrics)
@@ -258,6 +259,16 @@ def _cluster_plugins() -> dict[str, Any]:
     if not SLURMEnvironment.detect():
         return {}
     return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+
+
+def _choices() -> dict[str, str]:
+    """The config group choices of this run (model, data, ablation, ...) when under Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+    except ValueError:
+        return {}
 
 
 def _finish_wandb() -> None:
