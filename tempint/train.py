@@ -89,10 +89,11 @@ def evaluate_module(module, dm, cfg: DictConfig) -> dict:
         t = dm.stream.t
         online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
     baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
+    plans = dm.contiguous_plans if getattr(model, "exact_any_step", False) else dm.eval_plans
     return evaluate(
         model,
-        lambda: dm.chunks(dm.eval_plans("val")),
-        lambda: dm.chunks(dm.eval_plans("test")),
+        lambda: dm.chunks(plans("val")),
+        lambda: dm.chunks(plans("test")),
         scorer=cfg.eval.scorer,
         ties=cfg.eval.ties,
         mode=cfg.eval.mode,

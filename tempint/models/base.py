@@ -50,6 +50,9 @@ class InteractionModel(nn.Module):
 
     scorers: tuple[str, ...] = ("dot", "l2")
     learned: bool = True
+    # True when a step's scores equal one-interaction-at-a-time scores whatever the step
+    # holds (repeated users or items included): evaluation may then use large steps.
+    exact_any_step: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
