@@ -23,27 +23,46 @@ from tempint.models.base import InteractionModel, Output
 __all__ = ["RepeatAware", "pair_features"]
 
 HOUR = 3600.0
-NUM_PAIR_FEATURES = 6
-NUM_GATE_FEATURES = 5
+NUM_PAIR_FEATURES = 11
+NUM_EXPLORE_FEATURES = 3
+NUM_GATE_FEATURES = 6
+
+
+def recency_rank(last_t: Tensor) -> Tensor:
+    """[B, I] 0 for the user's most recent item, 1 for the one before, ...; unseen = I."""
+    order = torch.argsort(torch.nan_to_num(last_t, neginf=-1e300), dim=1, descending=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(last_t.shape[1], device=last_t.device).expand_as(order))
+    return torch.where(torch.isfinite(last_t), rank, torch.full_like(rank, last_t.shape[1]))
 
 
 def pair_features(
-    last_t: Tensor, count: Tensor, t: Tensor, prev_item: Tensor, affinity: Tensor
+    last_t: Tensor,
+    count: Tensor,
+    t: Tensor,
+    prev_item: Tensor,
+    affinity: Tensor,
+    transitions: Tensor,
+    stay_rate: Tensor,
 ) -> Tensor:
-    """[B, I, 6] features of every (user, item) pair from the user's own past.
+    """[B, I, 11] features of every (user, item) pair from the stream before now.
 
     `last_t` [B, I] time of the pair's latest interaction (-inf if none), `count` [B, I]
     its number of interactions, `t` [B] now, `prev_item` [B] (-1 if none), `affinity`
-    [B, I] the base model's score of the item for this user.
+    [B, I] the base model's score, `transitions` [B, I] how often any user went from
+    this user's previous item to the item, `stay_rate` [B] how often this user repeated
+    its previous item. Recency rank matters beside age: Wikipedia editors alternate
+    between two pages, so "the one before last" is a pattern of its own.
     """
     seen = torch.isfinite(last_t)
     age = torch.where(seen, (t[:, None] - last_t).clamp_min(0.0), torch.zeros_like(last_t))
     log_age = torch.log1p(age / HOUR).float()
     total = count.sum(1, keepdim=True).clamp_min(1.0)
+    rank = recency_rank(last_t).float()
     is_last = torch.zeros_like(affinity)
-    has_prev = prev_item >= 0
-    rows = torch.nonzero(has_prev).squeeze(1)
+    rows = torch.nonzero(prev_item >= 0).squeeze(1)
     is_last[rows, prev_item[rows]] = 1.0
+    out_degree = transitions.sum(1, keepdim=True).clamp_min(1.0)
     return torch.stack(
         [
             log_age,
@@ -52,6 +71,11 @@ def pair_features(
             count / total,
             is_last,
             affinity,
+            1.0 / (1.0 + rank),
+            (rank == 1).float(),
+            torch.log1p(transitions),
+            transitions / out_degree,
+            is_last * stay_rate[:, None],
         ],
         dim=-1,
     )
@@ -84,6 +108,7 @@ class RepeatAware(InteractionModel):
         self.repeat_scorer = nn.Sequential(
             nn.Linear(NUM_PAIR_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
+        self.explore_scorer = nn.Linear(NUM_EXPLORE_FEATURES, 1)
         self.gate_features = nn.Sequential(
             nn.Linear(NUM_GATE_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
@@ -91,6 +116,9 @@ class RepeatAware(InteractionModel):
             "last_t", torch.full((num_users, num_items), float("-inf"), dtype=torch.float64)
         )
         self.register_buffer("count", torch.zeros(num_users, num_items))
+        self.register_buffer("transitions", torch.zeros(num_items, num_items))
+        self.register_buffer("popularity", torch.zeros(num_items))
+        self.register_buffer("user_stays", torch.zeros(num_users))
         self.register_buffer("user_total", torch.zeros(num_users))
         self.register_buffer("user_repeats", torch.zeros(num_users))
         self.register_buffer(
@@ -102,6 +130,9 @@ class RepeatAware(InteractionModel):
         self.base.reset_state()
         self.last_t.fill_(float("-inf"))
         self.count.zero_()
+        self.transitions.zero_()
+        self.popularity.zero_()
+        self.user_stays.zero_()
         self.user_total.zero_()
         self.user_repeats.zero_()
         self.user_last_t.fill_(float("-inf"))
@@ -140,18 +171,34 @@ class RepeatAware(InteractionModel):
         count = self.count[batch.user]
         seen = torch.isfinite(last_t)
         has_history = seen.any(1)
-        feats = pair_features(last_t, count, batch.t.to(torch.float64), batch.prev_item, affinity)
+        prev = batch.prev_item.clamp_min(0)
+        transitions = self.transitions[prev] * (batch.prev_item >= 0).float()[:, None]
+        total = self.user_total[batch.user]
+        stay_rate = (self.user_stays[batch.user] + 1.0) / (total + 2.0)
+        feats = pair_features(
+            last_t, count, batch.t.to(torch.float64), batch.prev_item, affinity, transitions,
+            stay_rate,
+        )
         repeat_logits = self.repeat_scorer(feats).squeeze(-1).masked_fill(~seen, float("-inf"))
         p_repeat = torch.where(
             has_history[:, None],
             torch.softmax(repeat_logits.masked_fill(~has_history[:, None], 0.0), dim=1),
             torch.zeros_like(affinity),
         )
-        # explore: items the user has not had (all items if the user has had every item)
+        # explore: items the user has not had (all items if the user has had every item),
+        # scored by the base model, where other users went next, and popularity
+        explore_in = torch.stack(
+            [
+                affinity,
+                torch.log1p(transitions),
+                torch.log1p(self.popularity).expand_as(affinity),
+            ],
+            dim=-1,
+        )
+        explore_logits = affinity + self.explore_scorer(explore_in).squeeze(-1)
         unseen = ~seen
         open_items = torch.where(unseen.any(1, keepdim=True), unseen, torch.ones_like(unseen))
-        p_explore = torch.softmax(affinity.masked_fill(~open_items, float("-inf")), dim=1)
-        total = self.user_total[batch.user]
+        p_explore = torch.softmax(explore_logits.masked_fill(~open_items, float("-inf")), dim=1)
         since = (batch.t.to(torch.float64) - self.user_last_t[batch.user]).clamp_min(0.0)
         since = torch.where(torch.isfinite(since), since, torch.zeros_like(since)).float()
         gate_in = torch.stack(
@@ -161,6 +208,7 @@ class RepeatAware(InteractionModel):
                 torch.log1p(since / HOUR),
                 seen.float().sum(1) / self.num_items,
                 torch.max(repeat_logits.masked_fill(~seen, -20.0), dim=1).values.clamp(-20, 20),
+                stay_rate,
             ],
             dim=1,
         )
@@ -186,6 +234,14 @@ class RepeatAware(InteractionModel):
         users, items = batch.user, batch.item
         t = batch.t.to(torch.float64)
         repeat = torch.isfinite(self.last_t[users, items]).float()
+        has_prev = batch.prev_item >= 0
+        self.user_stays.index_add_(0, users, (batch.prev_item == items).float())
+        self.transitions.view(-1).index_add_(
+            0,
+            (batch.prev_item[has_prev] * self.num_items + items[has_prev]),
+            torch.ones(int(has_prev.sum()), device=items.device),
+        )
+        self.popularity.index_add_(0, items, torch.ones_like(repeat))
         flat = users * self.num_items + items
         self.last_t.view(-1).scatter_reduce_(0, flat, t, reduce="amax")
         self.count.view(-1).index_add_(0, flat, torch.ones_like(t, dtype=self.count.dtype))
