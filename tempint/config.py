@@ -34,9 +34,7 @@ _GROUPS = (
 
 def group_options(group: str) -> list[str]:
     folder = CONF_DIR / group
-    return sorted(
-        str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml")
-    )
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
 
 
 def check_cli_overrides(argv: Sequence[str]) -> None:

@@ -102,13 +102,22 @@ class InteractionModule(L.LightningModule):
         self._epoch_interactions += chunk.num_interactions
         if loss is not None and loss.requires_grad:
             self.optimizer_step_on(loss, batch_idx)
-            self.log("train/loss", loss.detach(), on_step=False, on_epoch=True,
-                     batch_size=chunk.num_interactions)
+            self.log(
+                "train/loss",
+                loss.detach(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=chunk.num_interactions,
+            )
         self.model.detach_state()
 
     def optimizer_step_on(self, loss: Tensor, batch_idx: int | None = None) -> None:
         if not torch.isfinite(loss):
-            where = f"epoch {self.current_epoch}, batch {batch_idx}" if batch_idx is not None else "evaluation"
+            where = (
+                f"epoch {self.current_epoch}, batch {batch_idx}"
+                if batch_idx is not None
+                else "evaluation"
+            )
             raise NumericalFault(
                 f"the training loss became {float(loss.detach())} at {where}; the last good checkpoint "
                 "is intact; lower optimizer.lr or set module.gradient_clip"

@@ -37,7 +37,10 @@ def summary_table(metrics: Mapping, split: str = "test") -> str:
     ]:
         rows.append(
             [name]
-            + [_fmt(metrics.get(f"{prefix}/{m}")) for m in ("mrr", "recall@1", "recall@10", "ndcg@10")]
+            + [
+                _fmt(metrics.get(f"{prefix}/{m}"))
+                for m in ("mrr", "recall@1", "recall@10", "ndcg@10")
+            ]
             + [_fmt(metrics.get(f"{prefix}/mrr/{t}")) for t in SUMMARY_TAGS]
         )
     lines = [
@@ -65,8 +68,18 @@ def load_runs(root: str | Path) -> list[dict]:
 
 def leaderboard(runs: Iterable[Mapping], split: str = "test") -> str:
     """Markdown: one row per run, with the heuristics of the same run beside it."""
-    header = ["run", "model", "data", "MRR", "MRR repeat", "MRR new", "R@10", "recency MRR",
-              "popularity MRR", "s/epoch"]
+    header = [
+        "run",
+        "model",
+        "data",
+        "MRR",
+        "MRR repeat",
+        "MRR new",
+        "R@10",
+        "recency MRR",
+        "popularity MRR",
+        "s/epoch",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in runs:
         lines.append(
@@ -134,10 +147,14 @@ def bridge_table(runs: Iterable[Mapping], split: str = "test") -> str:
         parts = []
         if removals and full:
             worst = min(removals, key=removals.get)
-            parts.append(f"removing {worst.split('jodie_no_')[1]} costs most ({removals[worst]:+.4f})")
+            parts.append(
+                f"removing {worst.split('jodie_no_')[1]} costs most ({removals[worst]:+.4f})"
+            )
         if additions and core:
             best = max(additions, key=additions.get)
-            parts.append(f"adding {best.split('core_plus_')[1]} gains most ({additions[best]:+.4f})")
+            parts.append(
+                f"adding {best.split('core_plus_')[1]} gains most ({additions[best]:+.4f})"
+            )
         if parts:
             verdicts.append(f"- {label}: " + "; ".join(parts))
     return "\n".join(lines + ([""] + verdicts if verdicts else []))

@@ -80,7 +80,7 @@ def no_repeat_stream(num_users=6, num_items=9, n=300, seed=0) -> pl.DataFrame:
         choices = [i for i in range(num_items) if i != last.get(u)]
         items[k] = rng.choice(choices)
         last[u] = items[k]
-    items[: num_items] = np.arange(num_items)
+    items[:num_items] = np.arange(num_items)
     return pl.DataFrame(
         {
             "user_id": users,
@@ -120,8 +120,9 @@ def replay(model, dm, stage: str, windowed: bool = False, ties: str = "average")
 @pytest.mark.parametrize("max_batch", [1, 7, 512])
 def test_oracle_that_would_see_the_target_scores_exactly_its_no_leak_value(max_batch):
     num_items = 9
-    dm = datamodule_for(no_repeat_stream(num_items=num_items), TBatchSampler(5),
-                        eval_max_batch_size=max_batch)
+    dm = datamodule_for(
+        no_repeat_stream(num_items=num_items), TBatchSampler(5), eval_max_batch_size=max_batch
+    )
     result = replay(LastItemOracle(dm.num_users, dm.num_items), dm, "test")
     # every test user has a previous item, which is never the target: one item above the
     # target and the other I-2 tied with it -> rank 2 + (I - 2)/2 under average ties.
@@ -132,8 +133,9 @@ def test_oracle_that_would_see_the_target_scores_exactly_its_no_leak_value(max_b
 
 def test_sliding_windows_do_not_leak_the_target_either():
     num_items = 9
-    dm = datamodule_for(no_repeat_stream(num_items=num_items),
-                        SequenceSampler(length=8, batch_size=4))
+    dm = datamodule_for(
+        no_repeat_stream(num_items=num_items), SequenceSampler(length=8, batch_size=4)
+    )
     model = LastItemOracle(dm.num_users, dm.num_items)
     result = replay(model, dm, "test", windowed=True, ties="pessimistic")
     assert result.count == len(dm.split.test)
@@ -202,8 +204,16 @@ def test_scorer_is_chosen_on_validation_and_reported():
         lambda: dm.chunks(dm.exact_plans("test")),
     )
     assert out["scorer"] == "native"
-    for key in ("val/mrr", "test/mrr", "test/recall@1", "test/recall@10", "test/ndcg@10",
-                "test/mrr/repeat", "test/share/new", "eval/interactions_per_second"):
+    for key in (
+        "val/mrr",
+        "test/mrr",
+        "test/recall@1",
+        "test/recall@10",
+        "test/ndcg@10",
+        "test/mrr/repeat",
+        "test/share/new",
+        "eval/interactions_per_second",
+    ):
         assert key in out
     shares = out["test/share/repeat"] + out["test/share/new"]
     assert shares == pytest.approx(1.0)

@@ -77,8 +77,9 @@ def test_nan_loss_stops_the_run_naming_epoch_and_batch_and_keeps_the_checkpoint(
 
     epoch = {"value": 0}
     monkeypatch.setattr(StaticEmbedding, "forward", poisoned)
-    monkeypatch.setattr(StaticEmbedding, "trainer_epoch_hint", lambda self: epoch["value"],
-                        raising=False)
+    monkeypatch.setattr(
+        StaticEmbedding, "trainer_epoch_hint", lambda self: epoch["value"], raising=False
+    )
     from tempint.module import InteractionModule
 
     start = InteractionModule.on_train_epoch_start
@@ -97,7 +98,9 @@ def test_nan_loss_stops_the_run_naming_epoch_and_batch_and_keeps_the_checkpoint(
     assert _sha(last) == track.before
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["epoch"] == 0
-    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point()
+    )
 
 
 @pytest.mark.parametrize("model", ["static", "limnet"])
@@ -107,4 +110,6 @@ def test_same_seed_same_metrics(make_cfg, tmp_path, model):
     keys = [k for k in first if k.startswith(("val/", "test/")) and isinstance(first[k], float)]
     assert keys
     for key in keys:
-        assert first[key] == second[key] or (first[key] != first[key] and second[key] != second[key]), key
+        assert first[key] == second[key] or (
+            first[key] != first[key] and second[key] != second[key]
+        ), key

@@ -16,9 +16,17 @@ def tiny_sweep(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("multirun")
     for i, model in enumerate(["recency", "static"]):
-        train(compose_config(
-            ["data=synthetic", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-             f"model={model}"], root / str(i)))
+        train(
+            compose_config(
+                [
+                    "data=synthetic",
+                    "trainer.max_epochs=1",
+                    "trainer.enable_progress_bar=false",
+                    f"model={model}",
+                ],
+                root / str(i),
+            )
+        )
     return root
 
 
@@ -44,13 +52,22 @@ def test_bridge_names_the_component_that_carries_the_gap():
     runs = [
         {"choices": {"ablation": a}, "test/mrr": m, "test/mrr/repeat": m, "test/mrr/new": n}
         for a, m, n in [
-            ("bridge/jodie", 0.70, 0.20), ("bridge/jodie", 0.72, 0.22),
-            ("bridge/jodie_no_static", 0.50, 0.21), ("bridge/jodie_no_smoothness", 0.69, 0.10),
-            ("bridge/core", 0.40, 0.05), ("bridge/core_plus_static", 0.65, 0.06),
+            ("bridge/jodie", 0.70, 0.20),
+            ("bridge/jodie", 0.72, 0.22),
+            ("bridge/jodie_no_static", 0.50, 0.21),
+            ("bridge/jodie_no_smoothness", 0.69, 0.10),
+            ("bridge/core", 0.40, 0.05),
+            ("bridge/core_plus_static", 0.65, 0.06),
             ("bridge/core_plus_smoothness", 0.41, 0.15),
         ]
     ]
     table = bridge_table(runs)
     assert "| bridge/jodie | 2 | 0.7100 |" in table
-    assert "- overall: removing static costs most (-0.2100); adding static gains most (+0.2500)" in table
-    assert "- new: removing smoothness costs most (-0.1100); adding smoothness gains most (+0.1000)" in table
+    assert (
+        "- overall: removing static costs most (-0.2100); adding static gains most (+0.2500)"
+        in table
+    )
+    assert (
+        "- new: removing smoothness costs most (-0.1100); adding smoothness gains most (+0.1000)"
+        in table
+    )

@@ -133,6 +133,7 @@ class Chunk:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Chunk:
         if self.steps[0].user.device == torch.device(device):
             return self
+
         def move(x):
             return None if x is None else x.to(device, non_blocking=non_blocking)
 

@@ -47,8 +47,7 @@ class StreamEvaluator:
             raise ConfigError(f"eval.ties={ties!r} is unknown; use one of {', '.join(TIES)}")
         self.tags = tuple(tags)
         self.metrics = {
-            s: RankingMetrics(ks=tuple(ks), ties=ties, tags=self.tags).to(device)
-            for s in scorers
+            s: RankingMetrics(ks=tuple(ks), ties=ties, tags=self.tags).to(device) for s in scorers
         }
         self.flush_every = flush_every
         self._ranks: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in scorers}
@@ -195,12 +194,20 @@ def evaluate(
         candidates = [scorer]
     step = online_step if mode == "online" else None
     val = run_stream(
-        model, val_chunks(), StreamEvaluator(candidates, ties, device=device), device, step,
+        model,
+        val_chunks(),
+        StreamEvaluator(candidates, ties, device=device),
+        device,
+        step,
         online_window,
     )
     chosen = max(candidates, key=lambda s: (val.metrics[s]["mrr"], -candidates.index(s)))
     test = run_stream(
-        model, test_chunks(), StreamEvaluator([chosen], ties, device=device), device, step,
+        model,
+        test_chunks(),
+        StreamEvaluator([chosen], ties, device=device),
+        device,
+        step,
         online_window,
     )
     out: dict = {}
@@ -218,6 +225,8 @@ def evaluate(
     for name, (baseline, b_val, b_test) in (baselines or {}).items():
         b_scorer = baseline.scorers[0]
         for split, chunks in (("val", b_val), ("test", b_test)):
-            res = run_stream(baseline, chunks(), StreamEvaluator([b_scorer], ties, device=device), device)
+            res = run_stream(
+                baseline, chunks(), StreamEvaluator([b_scorer], ties, device=device), device
+            )
             out.update(_prefixed(f"{split}/{name}", res.metrics[b_scorer]))
     return out

@@ -176,7 +176,12 @@ class RepeatAware(InteractionModel):
         total = self.user_total[batch.user]
         stay_rate = (self.user_stays[batch.user] + 1.0) / (total + 2.0)
         feats = pair_features(
-            last_t, count, batch.t.to(torch.float64), batch.prev_item, affinity, transitions,
+            last_t,
+            count,
+            batch.t.to(torch.float64),
+            batch.prev_item,
+            affinity,
+            transitions,
             stay_rate,
         )
         repeat_logits = self.repeat_scorer(feats).squeeze(-1).masked_fill(~seen, float("-inf"))
