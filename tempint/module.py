@@ -55,6 +55,8 @@ class InteractionModule(L.LightningModule):
         self.epoch_seconds: list[float] = []
         self.train_interactions = 0
         self._epoch_start = 0.0
+        self._epoch_clock_running = False
+        self._epoch_train_seconds = 0.0
         self._snapshot: dict[str, Tensor] | None = None
         self._evaluator: StreamEvaluator | None = None
 
@@ -82,6 +84,7 @@ class InteractionModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self.model.reset_state()
         self._epoch_start = time.perf_counter()
+        self._epoch_clock_running = True
         self._epoch_interactions = 0
 
     def run_chunk(self, chunk: Chunk) -> Tensor | None:
@@ -131,8 +134,15 @@ class InteractionModule(L.LightningModule):
             )
         optimizer.step()
 
+    def _stop_epoch_clock(self) -> None:
+        """Training time of the epoch, taken once: validation runs before the epoch ends."""
+        if self._epoch_clock_running:
+            self._epoch_train_seconds = time.perf_counter() - self._epoch_start
+            self._epoch_clock_running = False
+
     def on_train_epoch_end(self) -> None:
-        seconds = time.perf_counter() - self._epoch_start
+        self._stop_epoch_clock()
+        seconds = self._epoch_train_seconds
         self.epoch_seconds.append(seconds)
         self.train_interactions = self._epoch_interactions
         self.log("train/seconds_per_epoch", seconds, on_epoch=True)
@@ -146,6 +156,8 @@ class InteractionModule(L.LightningModule):
         return dict(self.model.named_buffers())
 
     def on_validation_epoch_start(self) -> None:
+        if getattr(self, "_epoch_clock_running", False):
+            self._stop_epoch_clock()
         self._snapshot = {k: v.detach().clone() for k, v in self._state().items()}
         self._evaluator = StreamEvaluator(self.val_scorers, self.ties, device=self.device)
 

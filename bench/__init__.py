@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks of every model (`make bench`)."""
