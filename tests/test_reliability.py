@@ -113,3 +113,26 @@ def test_same_seed_same_metrics(make_cfg, tmp_path, model):
         assert first[key] == second[key] or (
             first[key] != first[key] and second[key] != second[key]
         ), key
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint_readable(make_cfg, monkeypatch):
+    import lightning as L
+
+    cfg = make_cfg(["model=static", "trainer.max_epochs=2"])
+    saved = {"n": 0}
+    original = L.Trainer.save_checkpoint
+
+    def crash_on_second_epoch(self, filepath, weights_only=False, storage_options=None):
+        saved["n"] += 1
+        if self.current_epoch >= 1:
+            with open(filepath, "wb") as f:
+                f.write(b"half a checkpoint")
+            raise OSError("disk full")
+        return original(self, filepath, weights_only, storage_options)
+
+    monkeypatch.setattr(L.Trainer, "save_checkpoint", crash_on_second_epoch)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg)
+    last = Path(cfg.output_dir) / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["epoch"] == 0
