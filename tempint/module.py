@@ -123,7 +123,7 @@ class InteractionModule(L.LightningModule):
             )
             raise NumericalFault(
                 f"the training loss became {float(loss.detach())} at {where}; the last good checkpoint "
-                "is intact; lower optimizer.lr or set module.gradient_clip"
+                "is intact; lower optimizer.lr or set gradient_clip"
             )
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
