@@ -55,8 +55,8 @@ def _warm_baselines(names, dm, device) -> dict:
                     baseline(step)
         out[name] = (
             baseline,
-            lambda: dm.chunks(dm.exact_plans("val")),
-            lambda: dm.chunks(dm.exact_plans("test")),
+            lambda: dm.eval_chunks("val", "exact"),
+            lambda: dm.eval_chunks("test", "exact"),
         )
     return out
 
@@ -89,11 +89,11 @@ def evaluate_module(module, dm, cfg: DictConfig) -> dict:
         t = dm.stream.t
         online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
     baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
-    plans = dm.contiguous_plans if getattr(model, "exact_any_step", False) else dm.eval_plans
+    kind = "contiguous" if getattr(model, "exact_any_step", False) else "eval"
     return evaluate(
         model,
-        lambda: dm.chunks(plans("val")),
-        lambda: dm.chunks(plans("test")),
+        lambda: dm.eval_chunks("val", kind),
+        lambda: dm.eval_chunks("test", kind),
         scorer=cfg.eval.scorer,
         ties=cfg.eval.ties,
         mode=cfg.eval.mode,

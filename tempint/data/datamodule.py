@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import lightning as L
@@ -98,16 +98,14 @@ def plan_to_chunk(stream: Interactions, plan: ChunkPlan) -> Chunk:
 
 
 class _ChunkStream(IterableDataset):
-    """Chunks of a plan list, planned lazily per epoch (shuffled samplers reseed by epoch)."""
+    """The chunks of an epoch, made lazily (shuffled samplers reseed by epoch)."""
 
-    def __init__(self, stream: Interactions, planner, epoch_of=lambda: 0):
-        self.stream = stream
-        self.planner = planner
+    def __init__(self, make_chunks, epoch_of=lambda: 0):
+        self.make_chunks = make_chunks
         self.epoch_of = epoch_of
 
     def __iter__(self) -> Iterator[Chunk]:
-        for plan in self.planner(self.epoch_of()):
-            yield plan_to_chunk(self.stream, plan)
+        yield from self.make_chunks(self.epoch_of())
 
 
 class InteractionDataModule(L.LightningDataModule):
@@ -158,6 +156,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.split: Split | None = None
         self.source = ""
         self._train_plans: list[ChunkPlan] | None = None
+        self._eval_cache: dict[tuple[str, str], list[Chunk]] = {}
 
     # ---- loading -------------------------------------------------------------------
     def _load_frame(self) -> tuple[pl.DataFrame, np.ndarray | None, int, int]:
@@ -264,20 +263,44 @@ class InteractionDataModule(L.LightningDataModule):
         for plan in plans:
             yield plan_to_chunk(self.stream, plan)
 
+    # gathered evaluation chunks are kept when they fit in this many bytes
+    EVAL_CACHE_BYTES = 512 * 2**20
+
+    def eval_chunks(self, stage: str, kind: str = "eval") -> Iterable[Chunk]:
+        """Evaluation chunks of a split, gathered once and reused by every pass.
+
+        `kind`: "eval" (the protocol's steps for this sampler), "exact" (exact steps
+        whatever the sampler) or "contiguous" (plain consecutive steps).
+        """
+        planner = {
+            "eval": self.eval_plans,
+            "exact": self.exact_plans,
+            "contiguous": self.contiguous_plans,
+        }[kind]
+        key = (stage, kind)
+        if key in self._eval_cache:
+            return self._eval_cache[key]
+        plans = planner(stage)
+        rows = sum(p.num_interactions for p in plans)
+        if rows * (2 * self.history_k + 24) * 8 > self.EVAL_CACHE_BYTES:
+            return self.chunks(plans)
+        self._eval_cache[key] = list(self.chunks(plans))
+        return self._eval_cache[key]
+
     # ---- loaders ---------------------------------------------------------------------
     def _current_epoch(self) -> int:
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else 0
 
-    def _loader(self, planner) -> DataLoader:
-        dataset = _ChunkStream(self.stream, planner, self._current_epoch)
+    def _loader(self, make_chunks) -> DataLoader:
+        dataset = _ChunkStream(make_chunks, self._current_epoch)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_plans)
+        return self._loader(lambda epoch: self.chunks(self.train_plans(epoch)))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_plans("val"))
+        return self._loader(lambda epoch: self.eval_chunks("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_plans("test"))
+        return self._loader(lambda epoch: self.eval_chunks("test"))
