@@ -23,6 +23,7 @@ from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
 from tempint.models.base import InteractionModel, Output
 from tempint.models.components.cells import make_cell
+from tempint.models.components.losses import spread_loss
 from tempint.models.memory import LocalMemory, MemoryState
 
 __all__ = ["LiMNet", "TIME_FEATURES", "LOSSES"]
@@ -290,8 +291,7 @@ class LiMNet(InteractionModel):
         return losses
 
     def _spread(self, pair: Tensor) -> Tensor:
-        size = pair.shape[1]
-        return _off_diagonal_mass(pair) * (self.spread_weight / max(size * (size - 1), 1))
+        return spread_loss(pair[0], pair[1]) * self.spread_weight
 
     def chunk_losses(self) -> dict[str, Tensor]:
         if not self._chunk_pairs:
@@ -299,17 +299,6 @@ class LiMNet(InteractionModel):
         pairs = torch.cat(self._chunk_pairs, dim=1)
         self._chunk_pairs = []
         return {"spread": self._spread(pairs)}
-
-
-def _off_diagonal_mass(x: Tensor) -> Tensor:
-    """Sum over groups g and pairs a != b of (x[g, a]·x[g, b])², for x [G, B, d].
-
-    Computed from the [d, d] matrices x[g]ᵀ x[g] (same Frobenius norm as the Gram matrix
-    x[g] x[g]ᵀ) in O(B·d²), not O(B²·d): ||xᵀx||² minus the diagonal sum_a ||x_a||⁴.
-    """
-    gram = torch.bmm(x.transpose(1, 2), x).flatten()
-    norms = (x * x).sum(dim=-1).flatten()
-    return (torch.dot(gram, gram) - torch.dot(norms, norms)).clamp_min(0)
 
 
 def _unit(x: Tensor) -> Tensor:
