@@ -60,10 +60,6 @@ class Interactions:
         return int(self.user.shape[0])
 
     @property
-    def size(self) -> int:
-        return len(self)
-
-    @property
     def user_rows(self) -> Tensor:
         return self.user if self.user_row is None else self.user_row
 

@@ -229,8 +229,11 @@ class InteractionDataModule(L.LightningDataModule):
     def windowed(self) -> bool:
         return isinstance(self.sampler, SequenceSampler)
 
+    def _rows(self, stage: str) -> range:
+        return {"train": self.split.train, "val": self.split.val, "test": self.split.test}[stage]
+
     def eval_plans(self, stage: str) -> list[ChunkPlan]:
-        rows = {"val": self.split.val, "test": self.split.test, "train": self.split.train}[stage]
+        rows = self._rows(stage)
         if self.windowed:
             context = self.eval_context
             if context is None:
@@ -240,14 +243,14 @@ class InteractionDataModule(L.LightningDataModule):
 
     def exact_plans(self, stage: str) -> list[ChunkPlan]:
         """Exact streaming steps over a split, whatever the training sampler."""
-        rows = {"val": self.split.val, "test": self.split.test, "train": self.split.train}[stage]
+        rows = self._rows(stage)
         return exact_segments(
             self._users, self._items, rows.start, rows.stop, self.eval_max_batch_size
         )
 
     def contiguous_plans(self, stage: str, size: int | None = None) -> list[ChunkPlan]:
         """Plain consecutive steps, for models whose scores are exact whatever a step holds."""
-        rows = {"val": self.split.val, "test": self.split.test, "train": self.split.train}[stage]
+        rows = self._rows(stage)
         size = size or self.eval_max_batch_size
         return [
             ChunkPlan(steps=[np.arange(lo, min(lo + size, rows.stop))])

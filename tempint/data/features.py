@@ -23,16 +23,11 @@ __all__ = [
     "cyclic_time",
     "partner_history",
     "interaction_tags",
-    "history_bucket_edges",
 ]
 
 DAY = 86_400.0
 WEEK = 7 * DAY
 HISTORY_BUCKETS = ((0, 0), (1, 4), (5, 49), (50, None))
-
-
-def history_bucket_edges() -> tuple[tuple[int, int | None], ...]:
-    return HISTORY_BUCKETS
 
 
 @dataclass(frozen=True)
