@@ -66,7 +66,7 @@ def evaluate_module(module, dm, cfg: DictConfig) -> dict:
     import torch
     from hydra.utils import instantiate
 
-    from tempint.eval.protocol import evaluate
+    from tempint.eval.protocol import can_rank_blocks, evaluate
 
     device = module.device
     model = module.model
@@ -89,7 +89,11 @@ def evaluate_module(module, dm, cfg: DictConfig) -> dict:
         t = dm.stream.t
         online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
     baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
-    kind = "contiguous" if getattr(model, "exact_any_step", False) else "eval"
+    kind = "eval"
+    if getattr(model, "exact_any_step", False):
+        kind = "contiguous"
+    elif not dm.windowed and can_rank_blocks(model, cfg.eval.scorer, cfg.eval.mode):
+        kind = "blocks"
     return evaluate(
         model,
         lambda: dm.eval_chunks("val", kind),

@@ -115,6 +115,7 @@ class Chunk:
     local_items: Tensor | None = None
     row_window: Tensor | None = None  # [R] window of each local row (both sides)
     scored: list[Tensor] | None = None  # per step, [B] bool: evaluate this interaction
+    block: bool = False  # t-batches of one block, ranked together (tempint.eval.blocks)
 
     @property
     def num_windows(self) -> int:
@@ -139,4 +140,5 @@ class Chunk:
             local_items=move(self.local_items),
             row_window=move(self.row_window),
             scored=None if self.scored is None else [move(s) for s in self.scored],
+            block=self.block,
         )

@@ -21,13 +21,27 @@ from tempint.data.features import (
     partner_history,
     previous_item,
 )
-from tempint.data.samplers import ChunkPlan, SequenceSampler, TBatchSampler, exact_segments
+from tempint.data.samplers import (
+    ChunkPlan,
+    SequenceSampler,
+    TBatchSampler,
+    block_plans,
+    exact_segments,
+)
 from tempint.data.splits import Split, chrono_split
 from tempint.errors import ConfigError
 
 __all__ = ["InteractionDataModule", "build_stream", "plan_to_chunk"]
 
 log = logging.getLogger(__name__)
+
+# A block's predictions may be [rows, items] (JODIE's one-hot part): rows × items ≤ this.
+BLOCK_ENTRIES = 1 << 24
+
+
+def eval_block_rows(num_items: int) -> int:
+    """Interactions per evaluation block: more rows mean fewer t-batches, more memory."""
+    return max(64, min(2048, BLOCK_ENTRIES // max(int(num_items), 1)))
 
 
 def build_stream(
@@ -94,6 +108,7 @@ def plan_to_chunk(stream: Interactions, plan: ChunkPlan) -> Chunk:
         local_items=tensor(plan.local_items),
         row_window=tensor(plan.row_window),
         scored=None if plan.scored is None else [torch.from_numpy(s) for s in plan.scored],
+        block=plan.block,
     )
 
 
@@ -248,6 +263,13 @@ class InteractionDataModule(L.LightningDataModule):
             self._users, self._items, rows.start, rows.stop, self.eval_max_batch_size
         )
 
+    def block_plans(self, stage: str) -> list[ChunkPlan]:
+        """Blocks replayed in t-batches and ranked together (`tempint.eval.blocks`)."""
+        rows = self._rows(stage)
+        return block_plans(
+            self._users, self._items, rows.start, rows.stop, eval_block_rows(self.num_items)
+        )
+
     def contiguous_plans(self, stage: str, size: int | None = None) -> list[ChunkPlan]:
         """Plain consecutive steps, for models whose scores are exact whatever a step holds."""
         rows = self._rows(stage)
@@ -273,12 +295,14 @@ class InteractionDataModule(L.LightningDataModule):
         """Evaluation chunks of a split, gathered once and reused by every pass.
 
         `kind`: "eval" (the protocol's steps for this sampler), "exact" (exact steps
-        whatever the sampler) or "contiguous" (plain consecutive steps).
+        whatever the sampler), "contiguous" (plain consecutive steps) or "blocks"
+        (t-batches of consecutive blocks, for models ranked in blocks).
         """
         planner = {
             "eval": self.eval_plans,
             "exact": self.exact_plans,
             "contiguous": self.contiguous_plans,
+            "blocks": self.block_plans,
         }[kind]
         key = (stage, kind)
         if key in self._eval_cache:

@@ -20,6 +20,7 @@ __all__ = [
     "SequenceSampler",
     "ShuffleSampler",
     "exact_segments",
+    "block_plans",
     "tbatch_assign",
 ]
 
@@ -32,6 +33,8 @@ class ChunkPlan:
     `local_users` / `local_items` [R] the global id of each local row; `row_window` [R]
     the window of each row;
     `scored[s]` [B] bool, False for context-only interactions of evaluation windows.
+    `block`: the steps are the t-batches of one block of consecutive interactions, to be
+    ranked together with candidates as of each interaction's position (`block_plans`).
     """
 
     steps: list[np.ndarray]
@@ -41,6 +44,7 @@ class ChunkPlan:
     local_items: np.ndarray | None = None
     row_window: np.ndarray | None = None
     scored: list[np.ndarray] | None = None
+    block: bool = False
 
     @property
     def num_interactions(self) -> int:
@@ -295,4 +299,24 @@ def exact_segments(users, items, start: int, end: int, max_size: int = 512) -> l
         seen_items.add(i)
     if end > lo:
         plans.append(ChunkPlan(steps=[np.arange(lo, end)]))
+    return plans
+
+
+def block_plans(users, items, start: int, end: int, size: int) -> list[ChunkPlan]:
+    """Blocks of `size` consecutive interactions, each replayed as its t-batches.
+
+    T-batches keep every node's own order, so memory updates are exact; the candidate
+    table is not (a t-batch may hold a later interaction of an item before an earlier
+    one of another user), so these plans are only for evaluation that ranks a block
+    with candidates versioned by stream position (`tempint.eval.blocks`). A block has
+    far fewer t-batches than `exact_segments` has steps.
+    """
+    size = _positive("block size", size, "use a positive integer")
+    plans = []
+    for lo in range(start, end, size):
+        pos = np.arange(lo, min(lo + size, end))
+        batch_of = tbatch_assign(users[pos], items[pos])
+        order = np.argsort(batch_of, kind="stable")
+        cuts = np.flatnonzero(np.diff(batch_of[order])) + 1
+        plans.append(ChunkPlan(steps=np.split(pos[order], cuts), block=True))
     return plans

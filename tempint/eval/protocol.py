@@ -17,10 +17,18 @@ from torch import Tensor
 
 from tempint.data.batch import TAG_NAMES, Chunk, Interactions
 from tempint.errors import ConfigError
+from tempint.eval.blocks import BlockRanker
 from tempint.eval.ranking import TIES, RankingMetrics, as_floats, rank_bounds, score_output
 from tempint.models.base import InteractionModel, Output
 
-__all__ = ["StreamEvaluator", "StreamResult", "run_stream", "evaluate", "MODES"]
+__all__ = [
+    "StreamEvaluator",
+    "StreamResult",
+    "run_stream",
+    "evaluate",
+    "can_rank_blocks",
+    "MODES",
+]
 
 MODES = ("frozen", "online")
 KS = (1, 10)
@@ -63,13 +71,22 @@ class StreamEvaluator:
                 return
             target = target[mask]
             tags = {k: v[mask] for k, v in tags.items()}
+        bounds = {}
         for scorer in self.metrics:
             scores = score_output(output, scorer)
             if mask is not None:
                 scores = scores[mask]
-            self._ranks[scorer].append(rank_bounds(scores, target))
-        self._tags.append(tags)
-        n = int(target.shape[0])
+            bounds[scorer] = rank_bounds(scores, target)
+        self.add_bounds(bounds, tags)
+
+    def add_bounds(
+        self, bounds: Mapping[str, tuple[Tensor, Tensor]], tags: Mapping[str, Tensor]
+    ) -> None:
+        """Buffer the true items' rank bounds (every scorer) and their tags."""
+        for scorer in self.metrics:
+            self._ranks[scorer].append(bounds[scorer])
+        self._tags.append(dict(tags))
+        n = int(next(iter(bounds.values()))[0].shape[0])
         self.count += n
         self._buffered += n
         if self._buffered >= self.flush_every:
@@ -114,6 +131,9 @@ def run_stream(
     Frozen: weights fixed, under no_grad. Online (JODIE's test-then-train): losses of
     already-scored interactions are summed until `online_window` seconds of stream time
     have passed, then `online_step(loss)` takes a gradient step and memory is detached.
+    Block chunks (frozen replays of models with `block_scorers`) are replayed in
+    t-batches and ranked at once, each interaction against the candidates as of its
+    own position (`tempint.eval.blocks`).
     """
     online = online_step is not None
     was_training = model.training
@@ -124,7 +144,11 @@ def run_stream(
     try:
         for chunk in chunks:
             chunk = chunk.to(device)
-            model.begin_chunk(chunk)
+            if chunk.block:
+                _rank_block(model, chunk, evaluator, online)
+                continue
+            with torch.set_grad_enabled(online):
+                model.begin_chunk(chunk)
             for s, step in enumerate(chunk.steps):
                 mask = chunk.scored[s] if chunk.scored is not None else None
                 with torch.set_grad_enabled(online):
@@ -151,9 +175,39 @@ def run_stream(
             online_step(pending)
             model.detach_state()
     finally:
+        model.rank_in_blocks = False
         model.train(was_training)
     seconds = time.perf_counter() - start
     return StreamResult(evaluator.compute(), evaluator.count, seconds)
+
+
+@torch.no_grad()
+def _rank_block(
+    model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluator, online: bool
+) -> None:
+    """Replay a block chunk's t-batches, then rank all its interactions at once."""
+    scorers = tuple(evaluator.metrics)
+    if online or not set(scorers) <= set(model.block_scorers):
+        raise ValueError(
+            f"{type(model).__name__} cannot rank blocks with {', '.join(scorers)}"
+            + (" online" if online else "")
+        )
+    ranker = BlockRanker(scorers, model.candidate_table(), model.block_queries)
+    model.rank_in_blocks = True
+    model.begin_chunk(chunk)
+    for step in chunk.steps:
+        ranker.add(model(step))
+    model.end_chunk(chunk)
+    model.rank_in_blocks = False
+    evaluator.add_bounds(*ranker.rank(chunk))
+
+
+def can_rank_blocks(model: InteractionModel, scorer: str, mode: str) -> bool:
+    """Whether a frozen replay may use block chunks for every scorer it will try."""
+    scorers = model.scorers if scorer == "auto" else (scorer,)
+    return (
+        mode == "frozen" and bool(model.block_scorers) and set(scorers) <= set(model.block_scorers)
+    )
 
 
 def _prefixed(prefix: str, values: Mapping[str, float]) -> dict[str, float]:

@@ -7,7 +7,9 @@ evaluator ranks from the prediction only, so no model can see the target it is s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,11 +29,21 @@ class Output:
     Either embeddings (`query` [B, d] against `candidates` [I, d], or [B, I, d] when every
     query has its own candidate table) ranked by a scorer, or `scores` [B, I] (higher is
     better). `losses` are already weighted; their sum is the training objective.
+
+    When evaluation ranks steps in blocks (see `InteractionModel.block_scorers`), the
+    model may leave `candidates` and `scores` out and, for a native score of the form
+    −||query − candidate||² + bias, give `native_bias` [B, I]; or leave the query out
+    too and keep in `partial` what `block_queries` needs to compute it for the whole
+    block at once. `written` [B, d] then holds the batch's items' candidate rows as the
+    step left them.
     """
 
     query: Tensor | None = None
     candidates: Tensor | None = None
     scores: Tensor | None = None
+    native_bias: Tensor | None = None
+    partial: tuple[Tensor, ...] | None = None
+    written: Tensor | None = None
     losses: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -53,6 +65,12 @@ class InteractionModel(nn.Module):
     # True when a step's scores equal one-interaction-at-a-time scores whatever the step
     # holds (repeated users or items included): evaluation may then use large steps.
     exact_any_step: bool = False
+    # Scorers for which evaluation may rank a block of exact steps at once: the Output's
+    # candidates are a global [I, d] table (`candidate_table`) whose rows change only for
+    # the items a step holds. While `rank_in_blocks` is set, forward may skip building
+    # candidates and scores, and must return the rows it wrote (`Output.written`).
+    block_scorers: tuple[str, ...] = ()
+    rank_in_blocks: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -73,6 +91,22 @@ class InteractionModel(nn.Module):
 
     def end_chunk(self, chunk: Chunk) -> None:
         """Called after a chunk's steps, before its optimiser step."""
+
+    def candidate_table(self) -> Tensor:  # pragma: no cover - only with block_scorers
+        """The candidate vectors [I, d] the next step would be ranked against."""
+        raise NotImplementedError
+
+    def block_queries(
+        self, outputs: Sequence[Output], versions: Any
+    ) -> tuple[Tensor, Tensor | None]:
+        """Queries [K, d] and native biases ([K, I] or None) of a block of steps' Outputs.
+
+        `versions` (`tempint.eval.blocks.ItemVersions`) gives any item's candidate row as
+        of a stream position, for models whose query reads an item's state.
+        """
+        query = torch.cat([o.query for o in outputs])
+        biases = [o.native_bias for o in outputs if o.native_bias is not None]
+        return query, torch.cat(biases) if biases else None
 
     def chunk_losses(self) -> dict[str, Tensor]:
         """Loss terms over the whole chunk, added after its last step.

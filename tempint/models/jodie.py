@@ -223,6 +223,42 @@ class _GraphCache:
         self.memory.write_items(ids, self.item[slots])
 
 
+@dataclass
+class _ReplayStep:
+    """What a frozen replay step reads, planned once per block chunk."""
+
+    users: Tensor  # [n] user rows
+    delta: Tensor  # [n, 2]
+
+
+def _plan_replay(chunk: Chunk, memory: MemoryState) -> dict[int, tuple[Interactions, _ReplayStep]]:
+    """Per-step reads of a block chunk replayed without gradients.
+
+    The chunk's unseen rows get the initial vectors written in (they stay unseen), so a
+    step reads its rows with one gather per side instead of a masked select.
+    """
+    steps = chunk.steps
+    users = torch.cat([s.user_rows for s in steps])
+    items = torch.cat([s.item_rows for s in steps])
+    delta = torch.stack(
+        (torch.cat([s.delta_user for s in steps]), torch.cat([s.delta_item for s in steps])),
+        dim=1,
+    ).to(memory.user.dtype)
+    with torch.no_grad():
+        for table, seen, init, rows in (
+            (memory.user, memory.user_seen, memory.user_init, users),
+            (memory.item, memory.item_seen, memory.item_init, items),
+        ):
+            table[rows[~seen[rows]]] = init
+    plan = {}
+    start = 0
+    for step in steps:
+        part = slice(start, start + len(step))
+        start += len(step)
+        plan[id(step)] = (step, _ReplayStep(users[part], delta[part]))
+    return plan
+
+
 def _extend(table: Tensor, slot: Tensor, ids: Tensor, read) -> Tensor:
     """`table` with rows appended for the `ids` (unique) it does not hold yet."""
     new = ids[slot[ids] >= table.shape[0]]
@@ -258,6 +294,7 @@ class JODIE(InteractionModel):
     """
 
     scorers = ("native", "dot", "l2")
+    block_scorers = ("native", "dot", "l2")
 
     def __init__(
         self,
@@ -354,6 +391,7 @@ class JODIE(InteractionModel):
         self.sparse_gradients = True
         self._window_keys: Tensor | None = None
         self._window_rows: Tensor | None = None
+        self._replay: dict[int, tuple[Interactions, _ReplayStep]] | None = None
 
     # ---- stream state ------------------------------------------------------------------
 
@@ -378,11 +416,15 @@ class JODIE(InteractionModel):
 
     def begin_chunk(self, chunk: Chunk) -> None:
         """Window-local memory for the sequence sampler; else cache the rows gradients need."""
+        self._replay = None
         if chunk.local_users is None:
             if torch.is_grad_enabled() and chunk.steps:
                 if self._cache is None:
                     self._cache = _GraphCache(self.memory)
                 self._cache.add(chunk)
+            elif self.rank_in_blocks and chunk.steps:
+                self._drop_cache()
+                self._replay = _plan_replay(chunk, self.memory)
             return
         self._drop_cache()
         row_window = chunk.row_window
@@ -400,6 +442,7 @@ class JODIE(InteractionModel):
         self._window_rows = used[order]
 
     def end_chunk(self, chunk: Chunk) -> None:
+        self._replay = None
         if self._local is not None:
             self._local.commit()
             self._local = None
@@ -522,6 +565,45 @@ class JODIE(InteractionModel):
         base = base - table.square().sum(dim=2)
         return torch.baddbmm(base[:, None], q[:, None], table.transpose(1, 2), alpha=2.0)[:, 0]
 
+    def _native_bias(self, query: Tensor) -> Tensor:
+        """Native score minus the l2 one: −||ĵ_s − onehot||² = 2 ĵ_s[i] − ||ĵ_s||² − 1."""
+        if not self.static_embeddings:
+            return query.new_zeros(query.shape[0], 1)
+        static = query[:, self.dim :]
+        return static.mul(2.0).sub_(static.square().sum(dim=1, keepdim=True) + 1.0)
+
+    def _replay_step(self, batch: Interactions, plan: _ReplayStep) -> Output:
+        """A frozen replay step of a block: update memory, leave the prediction for later.
+
+        The previous item's state j(t⁻) is not read here: in t-batch order the item may
+        already hold a later update (or miss an earlier one), so `block_queries` reads it
+        as of the interaction's own position.
+        """
+        memory = self.memory
+        user = memory.user.index_select(0, plan.users)
+        item = memory.item.index_select(0, batch.item_rows)
+        new_user, new_item = self.update(user, item, plan.delta, self._features(batch))
+        memory.user.index_copy_(0, plan.users, new_user)
+        memory.item.index_copy_(0, batch.item_rows, new_item)
+        memory.user_seen.index_fill_(0, plan.users, True)
+        memory.item_seen.index_fill_(0, batch.item_rows, True)
+        partial = (user, plan.delta, batch.user, batch.prev_item, batch.index)
+        return Output(partial=partial, written=new_item)
+
+    def block_queries(self, outputs, versions) -> tuple[Tensor, Tensor]:
+        """ĵ of a block in one prediction-layer matmul (its weight read once per block)."""
+        user, delta, users, prev, position = (
+            torch.cat(p) for p in zip(*(o.partial for o in outputs))
+        )
+        previous = versions.rows_at(prev.clamp(min=0), position)
+        previous = torch.where((prev >= 0)[:, None], previous, self.memory.item_init)
+        rows = _Rows(users, users, prev, delta, users)
+        query = self._predict(user, previous, rows)
+        return query[:, : self.dim], self._native_bias(query)
+
+    def candidate_table(self) -> Tensor:
+        return self._item_table(None)
+
     def _mse(self, x: Tensor, target: Tensor, rows: _Rows) -> Tensor:
         """nn.MSELoss of every t-batch (mean over its rows and columns), summed over t-batches."""
         if self.loss_reduction == "sum":
@@ -572,6 +654,9 @@ class JODIE(InteractionModel):
 
     def forward(self, batch: Interactions) -> Output:
         """Predict from the states before the batch, then update them (Eq. 1-4)."""
+        planned = self._replay.get(id(batch)) if self._replay is not None else None
+        if planned is not None and planned[0] is batch and not torch.is_grad_enabled():
+            return self._replay_step(batch, planned[1])
         step = self._cache.find(batch) if self._cache is not None else None
         if step is None and self._cache is not None and self._local is None:
             self._drop_cache()  # a step begin_chunk never saw: the global rows are current

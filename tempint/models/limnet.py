@@ -61,6 +61,7 @@ class LiMNet(InteractionModel):
     """
 
     scorers = ("dot", "l2")
+    block_scorers = ("dot", "l2")
 
     def __init__(
         self,
@@ -211,6 +212,11 @@ class LiMNet(InteractionModel):
         last = self._hidden_cols(self.layers - 1)
         query = state[0, :, last]
         grad = torch.is_grad_enabled()
+        if self.rank_in_blocks and self._local is None and not grad:
+            new_state = self._update(state, self._features(batch))
+            memory.write_users(user_rows, new_state[0])
+            memory.write_items(item_rows, new_state[1])
+            return Output(query=query, written=new_state[1][:, last])
         with torch.no_grad():  # for ranking only: the losses never read the table
             candidates = self._candidates(batch, memory, last, item_init, grad)
         # Nothing can learn from the losses without autograd; evaluation skips them.
@@ -220,6 +226,10 @@ class LiMNet(InteractionModel):
         memory.write_users(user_rows, new_state[0])
         memory.write_items(item_rows, new_state[1])
         return Output(query=query, candidates=candidates, losses=losses)
+
+    def candidate_table(self) -> Tensor:
+        user_init, item_init = self._initial()
+        return self._memory.item_table(self._hidden_cols(self.layers - 1), item_init)
 
     def _initial(self) -> tuple[Tensor | None, Tensor | None]:
         """The vectors unseen rows read: with `normalize`, every layer's h at unit norm

@@ -1,0 +1,167 @@
+"""Ranking a block of the stream at once, after its memory updates have run.
+
+A memory model must replay evaluation so that every node's updates keep their order;
+on these streams that allows a handful of interactions per step, and ranking each step
+against all items would pay thousands of small matmuls. Scoring needs only each
+interaction's query and the candidate table *as it stood at the interaction's time*,
+and an interaction changes the table only in its own item's row. So a block of
+consecutive interactions is replayed in t-batches (per-node order kept, memory exact),
+every written row is kept as a version stamped with its stream position, and the
+block's queries are ranked afterwards, in time order, against the table at the block's
+start with each row replaced by its latest version from strictly before the
+interaction. No interaction sees a row written at or after its own position, so its
+target cannot leak into its score; rows written by earlier interactions of the same
+block are seen, as in a one-at-a-time replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tempint.data.batch import Chunk
+from tempint.eval.ranking import rank_bounds
+from tempint.models.base import Output
+
+__all__ = ["BlockRanker", "ItemVersions"]
+
+# Queries ranked together against one table: bounds the [rows, versions] overwrite matrix.
+SUB_BLOCK = 256
+
+
+class ItemVersions:
+    """The candidate rows of a block: the table at its start plus every row it wrote.
+
+    `rows_at(items, position)` gives each item's row as of just before a stream position,
+    which is what a model reading a partner's state inside the block (JODIE's previous
+    item) needs after a replay in t-batch order.
+    """
+
+    def __init__(self, table: Tensor, item: Tensor, position: Tensor, written: Tensor) -> None:
+        self.table = table
+        order = torch.argsort(position)
+        self.item, self.position, self.written = item[order], position[order], written[order]
+        # next write of the same item (its position), or never
+        never = torch.iinfo(position.dtype).max
+        by_item = torch.argsort(self.item * (int(self.position.max()) + 1) + self.position)
+        following = torch.full_like(self.position, never)
+        same = self.item[by_item[1:]] == self.item[by_item[:-1]]
+        following[by_item[:-1]] = torch.where(same, self.position[by_item[1:]], never)
+        self.following = following
+        self._keys = self.item[by_item] * (int(self.position.max()) + 2) + self.position[by_item]
+        self._by_item = by_item
+
+    def rows_at(self, items: Tensor, position: Tensor) -> Tensor:
+        """Rows [n, d] of `items` as of just before `position` (block-start row if unwritten)."""
+        width = int(self.position.max()) + 2
+        key = items * width + position.clamp(max=width - 1)  # later positions: the last version
+        slot = torch.searchsorted(self._keys, key) - 1  # last version strictly before
+        found = slot >= 0
+        version = self._by_item[slot.clamp(min=0)]
+        found &= self.item[version] == items
+        return torch.where(found[:, None], self.written[version], self.table[items])
+
+    def current(self, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Table before time-ordered row `lo`, and the (row, version) overwrites of rows
+        [lo, hi): version m (lo ≤ m) is current for row k if pos[m] < pos[k] ≤ next[m]."""
+        start = self.position[lo]
+        live = (self.position[:lo] < start) & (self.following[:lo] >= start)
+        table = self.table.clone()
+        table[self.item[:lo][live]] = self.written[:lo][live]
+        pos, nxt = self.position[lo:hi], self.following[lo:hi]
+        valid = (pos[None, :] < pos[:, None]) & (pos[:, None] <= nxt[None, :])
+        row, version = valid.nonzero(as_tuple=True)
+        return table, row, version
+
+
+class BlockRanker:
+    """Rank bounds of one block chunk, per scorer: "dot" (cosine), "l2" (minus the
+    squared distance, in float64 so |q|² + |c|² − 2q·c cannot cancel into false ties)
+    and "native" for models whose native score is l2 plus a per-item term
+    (`native_bias`)."""
+
+    def __init__(
+        self,
+        scorers: Sequence[str],
+        table: Tensor,
+        queries: Callable[[Sequence[Output], ItemVersions], tuple[Tensor, Tensor | None]],
+    ) -> None:
+        self.scorers = tuple(scorers)
+        self.table = table.detach()
+        self.queries = queries
+        self.outputs: list[Output] = []
+
+    def add(self, output: Output) -> None:
+        if output.written is None:
+            raise ValueError("block ranking needs the rows each step wrote (Output.written)")
+        self.outputs.append(output)
+
+    def rank(self, chunk: Chunk) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, Tensor]]:
+        """Bounds per scorer and tags of the chunk's scored interactions (in time order)."""
+        steps = chunk.steps
+        item = torch.cat([s.item for s in steps]).long()
+        position = torch.cat([s.index for s in steps]).long()
+        written = torch.cat([o.written.detach() for o in self.outputs])
+        versions = ItemVersions(self.table, item, position, written)
+        query, bias = self.queries(self.outputs, versions)
+        order = torch.argsort(position)
+        query, item = query.detach()[order], item[order]
+        if bias is not None:
+            bias = bias.detach()[order]
+        keep = torch.ones_like(item, dtype=torch.bool)
+        if chunk.scored is not None:
+            keep = torch.cat(list(chunk.scored))[order]
+        tags = {k: torch.cat([s.tags[k] for s in steps])[order][keep] for k in steps[0].tags}
+        parts: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in self.scorers}
+        for lo in range(0, item.shape[0], SUB_BLOCK):
+            hi = min(lo + SUB_BLOCK, item.shape[0])
+            table, row, version = versions.current(lo, hi)
+            fresh = versions.written[lo:hi]
+            col = versions.item[lo:hi][version]
+            sub_bias = None if bias is None else bias[lo:hi]
+            scores = _scores(self.scorers, query[lo:hi], table, fresh, row, col, version, sub_bias)
+            mask = keep[lo:hi]
+            for scorer, s in scores.items():
+                parts[scorer].append(rank_bounds(s[mask], item[lo:hi][mask]))
+        bounds = {
+            s: (torch.cat([b for b, _ in p]), torch.cat([w for _, w in p]))
+            for s, p in parts.items()
+        }
+        return bounds, tags
+
+
+def _scores(
+    scorers: tuple[str, ...],
+    query: Tensor,
+    table: Tensor,
+    fresh: Tensor,
+    row: Tensor,
+    col: Tensor,
+    version: Tensor,
+    bias: Tensor | None,
+) -> dict[str, Tensor]:
+    """[R, I] scores per scorer; entry (row[p], col[p]) uses fresh[version[p]]."""
+    out = {}
+    if "dot" in scorers:
+        q = F.normalize(query.float(), dim=1)
+        scores = q @ F.normalize(table.float(), dim=1).T
+        scores[row, col] = (q @ F.normalize(fresh.float(), dim=1).T)[row, version]
+        out["dot"] = scores
+    if "l2" in scorers or "native" in scorers:
+        q = query.double()
+        q_norm = q.square().sum(1, keepdim=True)
+        t, f = table.double(), fresh.double()
+        scores = torch.addmm(q_norm, q, t.T, alpha=-2.0).add_(t.square().sum(1))
+        near = torch.addmm(q_norm, q, f.T, alpha=-2.0).add_(f.square().sum(1))
+        scores[row, col] = near[row, version]
+        scores = scores.neg_()
+        if "l2" in scorers:
+            out["l2"] = scores
+        if "native" in scorers:
+            if bias is None:
+                raise ValueError("native block ranking needs the model's native biases")
+            out["native"] = scores + bias.double()
+    return out
