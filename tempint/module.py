@@ -14,7 +14,7 @@ from torch import Tensor
 
 from tempint.data.batch import Chunk
 from tempint.errors import ConfigError, UserError
-from tempint.eval.protocol import StreamEvaluator
+from tempint.eval.protocol import StreamEvaluator, score_chunk
 from tempint.models.base import InteractionModel
 
 __all__ = ["InteractionModule", "NumericalFault"]
@@ -162,13 +162,7 @@ class InteractionModule(L.LightningModule):
         self._evaluator = StreamEvaluator(self.val_scorers, self.ties, device=self.device)
 
     def validation_step(self, chunk: Chunk, batch_idx: int) -> None:
-        with torch.no_grad():
-            self.model.begin_chunk(chunk)
-            for s, step in enumerate(chunk.steps):
-                output = self.model(step)
-                mask = chunk.scored[s] if chunk.scored is not None else None
-                self._evaluator.update(output, step, mask)
-            self.model.end_chunk(chunk)
+        score_chunk(self.model, chunk, self._evaluator)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self._evaluator.compute()

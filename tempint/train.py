@@ -61,12 +61,23 @@ def _warm_baselines(names, dm, device) -> dict:
     return out
 
 
+def eval_kind(model, dm, scorer: str, mode: str) -> str:
+    """The evaluation chunks a model replays: contiguous, blocks or exact steps."""
+    from tempint.eval.protocol import can_rank_blocks
+
+    if getattr(model, "exact_any_step", False):
+        return "contiguous"
+    if not dm.windowed and can_rank_blocks(model, scorer, mode):
+        return "blocks"
+    return "eval"
+
+
 def evaluate_module(module, dm, cfg: DictConfig) -> dict:
     """The protocol of DESIGN.md on a trained module whose memory is at the end of training."""
     import torch
     from hydra.utils import instantiate
 
-    from tempint.eval.protocol import can_rank_blocks, evaluate
+    from tempint.eval.protocol import evaluate
 
     device = module.device
     model = module.model
@@ -89,11 +100,7 @@ def evaluate_module(module, dm, cfg: DictConfig) -> dict:
         t = dm.stream.t
         online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
     baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
-    kind = "eval"
-    if getattr(model, "exact_any_step", False):
-        kind = "contiguous"
-    elif not dm.windowed and can_rank_blocks(model, cfg.eval.scorer, cfg.eval.mode):
-        kind = "blocks"
+    kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode)
     return evaluate(
         model,
         lambda: dm.eval_chunks("val", kind),
@@ -167,6 +174,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     dm = instantiate(cfg.data, sampler=sampler, history_k=history_k)
     dm.setup()
     model = instantiate(cfg.model, num_users=dm.num_users, num_items=dm.num_items)
+    if eval_kind(model, dm, cfg.eval.scorer, "frozen") == "blocks":
+        dm.val_kind = "blocks"  # validation during fit is a frozen replay
     module = InteractionModule(
         model,
         optimizer=instantiate(cfg.optimizer) if model.learned else None,

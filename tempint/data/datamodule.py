@@ -165,6 +165,9 @@ class InteractionDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         self.sampler = sampler if sampler is not None else TBatchSampler()
         self.eval_max_batch_size = int(eval_max_batch_size)
+        # chunks validation during fit replays (`eval_chunks` kinds); the trainer's
+        # entry point sets "blocks" for models ranked in blocks
+        self.val_kind = "eval"
         self.eval_context = eval_context
         self.download = download
         self.stream: Interactions | None = None
@@ -327,7 +330,7 @@ class InteractionDataModule(L.LightningDataModule):
         return self._loader(lambda epoch: self.chunks(self.train_plans(epoch)))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_chunks("val"))
+        return self._loader(lambda epoch: self.eval_chunks("val", self.val_kind))
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(lambda epoch: self.eval_chunks("test"))

@@ -27,6 +27,7 @@ __all__ = [
     "run_stream",
     "evaluate",
     "can_rank_blocks",
+    "score_chunk",
     "MODES",
 ]
 
@@ -200,6 +201,19 @@ def _rank_block(
     model.end_chunk(chunk)
     model.rank_in_blocks = False
     evaluator.add_bounds(*ranker.rank(chunk))
+
+
+@torch.no_grad()
+def score_chunk(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluator) -> None:
+    """Frozen replay of one chunk: ranked as a block, or step by step."""
+    if chunk.block:
+        _rank_block(model, chunk, evaluator, online=False)
+        return
+    model.begin_chunk(chunk)
+    for s, step in enumerate(chunk.steps):
+        mask = chunk.scored[s] if chunk.scored is not None else None
+        evaluator.update(model(step), step, mask)
+    model.end_chunk(chunk)
 
 
 def can_rank_blocks(model: InteractionModel, scorer: str, mode: str) -> bool:

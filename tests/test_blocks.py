@@ -1,0 +1,138 @@
+"""Block ranking: t-batch replay of a block, candidates as of each interaction's position."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+import tempint.eval.blocks as blocks
+from tempint.data.samplers import TBatchSampler, block_plans
+from tempint.eval.blocks import ItemVersions
+from tempint.eval.protocol import StreamEvaluator, can_rank_blocks, run_stream
+from tempint.models.jodie import JODIE
+from tempint.models.limnet import LiMNet
+from tests.test_protocol import datamodule_for
+
+
+def repeating_stream(num_users=7, num_items=11, n=400, seed=3) -> pl.DataFrame:
+    """Users often repeat their last item, so blocks hold long per-node chains."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(0, num_users, n)
+    items = rng.integers(0, num_items, n)
+    repeat = rng.random(n) < 0.5
+    last: dict[int, int] = {}
+    for k, u in enumerate(users.tolist()):
+        if repeat[k] and u in last:
+            items[k] = last[u]
+        last[u] = int(items[k])
+    users[:num_users], items[:num_items] = np.arange(num_users), np.arange(num_items)
+    return pl.DataFrame(
+        {
+            "user_id": users,
+            "item_id": items,
+            "timestamp": np.cumsum(rng.exponential(60.0, n)),
+            "state_label": np.zeros(n, dtype=np.int8),
+        }
+    )
+
+
+def test_block_plans_cover_every_row_once_and_keep_each_nodes_order():
+    rng = np.random.default_rng(0)
+    users, items = rng.integers(0, 5, 300), rng.integers(0, 4, 300)
+    plans = block_plans(users, items, 20, 300, size=37)
+    seen = np.concatenate([np.concatenate(p.steps) for p in plans])
+    assert sorted(seen.tolist()) == list(range(20, 300))
+    for plan in plans:
+        assert plan.block
+        rows = np.concatenate(plan.steps)
+        assert rows.max() - rows.min() + 1 == len(rows) <= 37  # one contiguous block
+        for step in plan.steps:
+            assert len(set(users[step])) == len(step) and len(set(items[step])) == len(step)
+        for nodes in (users, items):
+            step_of = {int(r): s for s, step in enumerate(plan.steps) for r in step}
+            for node in np.unique(nodes[rows]):
+                mine = sorted(int(r) for r in rows if nodes[r] == node)
+                assert [step_of[r] for r in mine] == sorted(step_of[r] for r in mine)
+                assert len({step_of[r] for r in mine}) == len(mine)
+
+
+def test_rows_at_reads_the_latest_version_strictly_before_a_position():
+    table = torch.arange(9.0).view(3, 3)
+    item = torch.tensor([1, 2, 1])
+    position = torch.tensor([12, 11, 10])  # rows given out of time order, as t-batches do
+    written = torch.tensor([[20.0] * 3, [30.0] * 3, [10.0] * 3])
+    versions = ItemVersions(table, item, position, written)
+    got = versions.rows_at(torch.tensor([1, 1, 1, 2, 2, 0]), torch.tensor([10, 11, 13, 11, 12, 13]))
+    expected = torch.stack(
+        [table[1], written[2], written[0], table[2], written[1], table[0]]
+    )  # item 1 at its own write (10) still reads the block start
+    assert torch.equal(got, expected)
+
+
+def _replay_train(model, dm):
+    model.reset_state()
+    with torch.no_grad():
+        for chunk in dm.chunks(dm.exact_plans("train")):
+            for step in chunk.steps:
+                model(step)
+
+
+MODELS = {
+    "jodie": lambda u, i: JODIE(u, i, dim=8),
+    "jodie_no_static": lambda u, i: JODIE(u, i, dim=8, static_embeddings=False),
+    "jodie_no_prediction": lambda u, i: JODIE(
+        u, i, dim=8, static_embeddings=False, prediction_layer=False
+    ),
+    "limnet": lambda u, i: LiMNet(u, i, dim=6),
+    "limnet_lstm_2_layers": lambda u, i: LiMNet(u, i, dim=6, cell="lstm", layers=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_block_ranking_equals_a_one_interaction_at_a_time_replay(name, monkeypatch):
+    monkeypatch.setattr(blocks, "SUB_BLOCK", 5)  # several sub-blocks per block
+    torch.manual_seed(0)
+    dm = datamodule_for(repeating_stream(), TBatchSampler(4), eval_max_batch_size=1)
+    model = MODELS[name](dm.num_users, dm.num_items)
+    scorers = list(model.scorers)
+    assert can_rank_blocks(model, "auto", "frozen")
+    _replay_train(model, dm)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    results = {}
+    for kind in ("blocks", "one_at_a_time"):
+        model.load_state_dict(state)
+        model.detach_state()
+        if kind == "blocks":
+            plans = block_plans(dm._users, dm._items, dm.split.train_end, dm.split.val_end, 16)
+        else:
+            plans = dm.exact_plans("val")  # eval_max_batch_size=1: one interaction a step
+        evaluator = StreamEvaluator(scorers, ties="average")
+        results[kind] = run_stream(model, dm.chunks(plans), evaluator)
+        results[kind + "_memory"] = model.memory.item.clone()
+    block, ref = results["blocks"], results["one_at_a_time"]
+    assert block.count == ref.count == dm.split.val_end - dm.split.train_end
+    for scorer in scorers:
+        for key, value in ref.metrics[scorer].items():
+            assert block.metrics[scorer][key] == pytest.approx(value, abs=1e-9, nan_ok=True), (
+                scorer,
+                key,
+            )
+    # the replay leaves the same memory as one interaction at a time
+    assert torch.allclose(results["blocks_memory"], results["one_at_a_time_memory"], atol=1e-6)
+
+
+def test_models_without_block_support_and_online_replays_use_steps():
+    dm = datamodule_for(repeating_stream(), TBatchSampler(4))
+    jodie = JODIE(dm.num_users, dm.num_items, dim=4)
+    assert not can_rank_blocks(jodie, "auto", "online")
+    from tempint.models.heuristics import Recency
+
+    assert not can_rank_blocks(Recency(dm.num_users, dm.num_items), "auto", "frozen")
+    plans = block_plans(dm._users, dm._items, dm.split.train_end, dm.split.val_end, 16)
+    with pytest.raises(ValueError, match="cannot rank blocks"):
+        run_stream(
+            Recency(dm.num_users, dm.num_items), dm.chunks(plans), StreamEvaluator(["native"])
+        )
