@@ -106,9 +106,16 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
             "expected scores [B, I] and target [B]"
         )
     scores = scores.detach()
-    if scores.is_floating_point():
-        scores = torch.where(scores.isnan(), float("-inf"), scores)
     true = scores.gather(1, target.long().unsqueeze(1))
+    # NaN compares false with everything, so a NaN item already neither beats nor ties a
+    # true score, as -inf would not; only rows whose true score is NaN or -inf (which a
+    # NaN as -inf would tie) need the rewrite
+    if scores.is_floating_point():
+        rows = (true.isnan() | (true == float("-inf"))).squeeze(1)
+    if scores.is_floating_point() and bool(rows.any()):
+        scores = scores.clone()
+        scores[rows] = torch.where(scores[rows].isnan(), float("-inf"), scores[rows])
+        true = scores.gather(1, target.long().unsqueeze(1))
     best = 1 + (scores > true).sum(1)
     worst = best + (scores == true).sum(1) - 1
     return best, worst

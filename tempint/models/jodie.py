@@ -244,12 +244,7 @@ def _plan_replay(chunk: Chunk, memory: MemoryState) -> dict[int, tuple[Interacti
         (torch.cat([s.delta_user for s in steps]), torch.cat([s.delta_item for s in steps])),
         dim=1,
     ).to(memory.user.dtype)
-    with torch.no_grad():
-        for table, seen, init, rows in (
-            (memory.user, memory.user_seen, memory.user_init, users),
-            (memory.item, memory.item_seen, memory.item_init, items),
-        ):
-            table[rows[~seen[rows]]] = init
+    memory.fill_unseen(users, items)
     plan = {}
     start = 0
     for step in steps:

@@ -122,6 +122,7 @@ class LiMNet(InteractionModel):
             self.memory.item_init.mul_((width / self.dim) ** 0.5)
         self.memory.reset_state()
         self._local: LocalMemory | None = None
+        self._plain_reads = False  # a frozen block replay whose unseen rows hold the init
         self._init_cache: tuple | None = None  # (key, (user_init, item_init))
 
     # ---- columns of a memory row -------------------------------------------------------
@@ -152,7 +153,14 @@ class LiMNet(InteractionModel):
             self._local.detach_state()
 
     def begin_chunk(self, chunk: Chunk) -> None:
+        self._plain_reads = False
         if chunk.local_users is None:
+            if chunk.block and self.rank_in_blocks and not torch.is_grad_enabled():
+                user_init, item_init = self._initial()
+                users = torch.cat([s.user_rows for s in chunk.steps])
+                items = torch.cat([s.item_rows for s in chunk.steps])
+                self.memory.fill_unseen(users, items, user_init, item_init)
+                self._plain_reads = True  # a frozen block: rows read with one gather
             return
         row_window = chunk.row_window
         if row_window is None:  # window b owns rows [b*L, (b+1)*L), L = number of steps
@@ -163,6 +171,7 @@ class LiMNet(InteractionModel):
         )
 
     def end_chunk(self, chunk: Chunk) -> None:
+        self._plain_reads = False
         if self._local is not None:
             self._local.commit()
             self._local = None
@@ -205,13 +214,19 @@ class LiMNet(InteractionModel):
     def forward(self, batch: Interactions) -> Output:
         memory = self._memory
         user_rows, item_rows = batch.user_rows, batch.item_rows
+        grad = torch.is_grad_enabled()
+        last = self._hidden_cols(self.layers - 1)
+        if self._plain_reads and not grad:
+            state = torch.stack((memory.user[user_rows], memory.item[item_rows]))
+            new_state = self._update(state, self._features(batch))
+            memory.write_users(user_rows, new_state[0])
+            memory.write_items(item_rows, new_state[1])
+            return Output(query=state[0, :, last], written=new_state[1][:, last])
         user_init, item_init = self._initial()
         state = torch.stack(
             (memory.read_users(user_rows, user_init), memory.read_items(item_rows, item_init))
         )
-        last = self._hidden_cols(self.layers - 1)
         query = state[0, :, last]
-        grad = torch.is_grad_enabled()
         if self.rank_in_blocks and self._local is None and not grad:
             new_state = self._update(state, self._features(batch))
             memory.write_users(user_rows, new_state[0])

@@ -84,6 +84,25 @@ class MemoryState(nn.Module):
     def user_table(self, cols: slice | None = None, init: Tensor | None = None) -> Tensor:
         return _table(self.user, self.user_seen, self.user_init, init, self._fresh_user, cols)
 
+    @torch.no_grad()
+    def fill_unseen(
+        self,
+        users: Tensor,
+        items: Tensor,
+        user_init: Tensor | None = None,
+        item_init: Tensor | None = None,
+    ) -> None:
+        """Write the initial vectors into the unseen rows among `users` / `items`.
+
+        The rows stay unseen; a no-grad replay can then read them with a plain gather
+        (`user[rows]`) instead of a masked select per step.
+        """
+        for table, seen, init, rows in (
+            (self.user, self.user_seen, self.user_init if user_init is None else user_init, users),
+            (self.item, self.item_seen, self.item_init if item_init is None else item_init, items),
+        ):
+            table[rows[~seen[rows]]] = init.to(table.dtype)
+
     def write_users(self, rows: Tensor, values: Tensor) -> None:
         values = self._fresh_user.write(rows, values, self.num_users)
         self.user.index_copy_(0, rows, values.detach().to(self.user.dtype))
@@ -173,6 +192,25 @@ class LocalMemory:
         init = self.parent.item_init if init is None else init
         base = torch.where(self.item_seen[rows, None], self.item[rows], init)
         return self._fresh_item.overlay(rows, base)
+
+    @torch.no_grad()
+    def fill_unseen(
+        self,
+        users: Tensor,
+        items: Tensor,
+        user_init: Tensor | None = None,
+        item_init: Tensor | None = None,
+    ) -> None:
+        """Write the initial vectors into the unseen rows among `users` / `items`.
+
+        The rows stay unseen; a no-grad replay can then read them with a plain gather
+        (`user[rows]`) instead of a masked select per step.
+        """
+        for table, seen, init, rows in (
+            (self.user, self.user_seen, self.user_init if user_init is None else user_init, users),
+            (self.item, self.item_seen, self.item_init if item_init is None else item_init, items),
+        ):
+            table[rows[~seen[rows]]] = init.to(table.dtype)
 
     def write_users(self, rows: Tensor, values: Tensor) -> None:
         values = self._fresh_user.write(rows, values, self.user.shape[0])
