@@ -61,6 +61,15 @@ def _warm_baselines(names, dm, device) -> dict:
     return out
 
 
+def _data_dependent(cfg: DictConfig, dm) -> dict[str, Any]:
+    """Model arguments set to `auto` that are computed from the training split."""
+    out: dict[str, Any] = {}
+    if cfg.model.get("state_change_weight") == "auto":  # the published JODIE's class weight
+        labels = dm.stream.state_label[: dm.split.train_end]
+        out["state_change_weight"] = len(labels) / (1.0 + float(labels.sum()))
+    return out
+
+
 def eval_kind(model, dm, scorer: str, mode: str) -> str:
     """The evaluation chunks a model replays: contiguous, blocks or exact steps."""
     from tempint.eval.protocol import can_rank_blocks
@@ -173,7 +182,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     history_k = max(int(cfg.data.get("history_k") or 0), int(cfg.model.get("history_k") or 0))
     dm = instantiate(cfg.data, sampler=sampler, history_k=history_k)
     dm.setup()
-    model = instantiate(cfg.model, num_users=dm.num_users, num_items=dm.num_items)
+    model = instantiate(
+        cfg.model, num_users=dm.num_users, num_items=dm.num_items, **_data_dependent(cfg, dm)
+    )
     if eval_kind(model, dm, cfg.eval.scorer, "frozen") == "blocks":
         dm.val_kind = "blocks"  # validation during fit is a frozen replay
     module = InteractionModule(

@@ -11,6 +11,7 @@ import pytest
 from tempint.data.events import COLUMNS, load_events
 from tempint.data.synthetic import (
     SHAPES,
+    generate_ratings,
     generate_shape,
     generate_stream,
     last_item_rate,
@@ -139,3 +140,16 @@ def test_full_lastfm_shape_is_fast_and_on_target():
     assert repeat_rate(frame) == pytest.approx(1 - 154_993 / 1_293_103, abs=0.005)
     assert last_item_rate(frame) == pytest.approx(0.114, abs=0.01)
     assert seconds < 15.0
+
+
+def test_ratings_never_repeat_and_are_seeded():
+    frame = generate_ratings(num_users=80, num_items=400, per_user=25, num_genres=8, seed=1)
+    assert list(frame.columns) == ["userId", "movieId", "rating", "timestamp"]
+    assert frame["timestamp"].is_sorted()
+    pairs = frame.select("userId", "movieId")
+    assert pairs.is_duplicated().sum() == 0  # a user rates a movie once
+    # same seed, same log
+    again = generate_ratings(num_users=80, num_items=400, per_user=25, num_genres=8, seed=1)
+    assert again.equals(frame)
+    with pytest.raises(ConfigError):
+        generate_ratings(num_items=5, per_user=10)

@@ -33,6 +33,7 @@ __all__ = [
     "last_item_rate",
     "repeat_rate",
     "to_jodie_csv",
+    "generate_ratings",
 ]
 
 _DAY = 86_400.0
@@ -188,6 +189,53 @@ def last_item_rate(frame: pl.DataFrame) -> float:
     """
     same = pl.col("item_id") == pl.col("item_id").shift(1).over("user_id")
     return frame.select(same.fill_null(False).mean()).item()
+
+
+def generate_ratings(
+    num_users: int = 600,
+    num_items: int = 3000,
+    per_user: int = 40,
+    num_genres: int = 12,
+    taste: float = 0.85,
+    seed: int = 0,
+    duration: float = 365 * _DAY,
+) -> pl.DataFrame:
+    """A MovieLens-style log: many items, each user rates distinct items, never repeating.
+
+    Items belong to genres; a user has a favourite genre and draws a share `taste` of
+    its items from it (by popularity), the rest from the whole catalogue. With no repeats
+    recency cannot help; popularity is the heuristic to beat, and a model that learns
+    a user's genre from its first items can. Users arrive spread over `duration`, each
+    rating its items over a few days. Columns: userId, movieId, rating, timestamp (the
+    names of MovieLens's ratings.csv).
+    """
+    if min(num_users, num_items, per_user, num_genres) < 1 or per_user > num_items:
+        raise ConfigError("generate_ratings needs positive sizes and per_user <= num_items")
+    rng = np.random.default_rng(seed)
+    genre = rng.integers(0, num_genres, num_items)
+    popularity = _zipf(rng, num_items, 0.9)
+    favourite = rng.integers(0, num_genres, num_users)
+    counts = np.maximum(1, rng.poisson(per_user, num_users)).clip(max=num_items)
+    users, items = [], []
+    for u in range(num_users):
+        weight = popularity * np.where(genre == favourite[u], taste, 1.0 - taste)
+        weight = weight / weight.sum()
+        chosen = rng.choice(num_items, size=int(counts[u]), replace=False, p=weight)
+        users.append(np.full(len(chosen), u))
+        items.append(chosen)
+    users = np.concatenate(users)
+    items = np.concatenate(items)
+    arrival = rng.uniform(0, duration - 5 * _DAY, num_users)
+    t = np.floor(arrival[users] + rng.uniform(0, 5 * _DAY, len(users))).astype(np.int64)
+    order = np.argsort(t, kind="stable")
+    return pl.DataFrame(
+        {
+            "userId": users[order] + 1,
+            "movieId": items[order] + 1,
+            "rating": rng.integers(1, 6, len(users)).astype(np.float64),
+            "timestamp": t[order],
+        }
+    )
 
 
 def to_jodie_csv(
