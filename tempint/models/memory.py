@@ -193,25 +193,6 @@ class LocalMemory:
         base = torch.where(self.item_seen[rows, None], self.item[rows], init)
         return self._fresh_item.overlay(rows, base)
 
-    @torch.no_grad()
-    def fill_unseen(
-        self,
-        users: Tensor,
-        items: Tensor,
-        user_init: Tensor | None = None,
-        item_init: Tensor | None = None,
-    ) -> None:
-        """Write the initial vectors into the unseen rows among `users` / `items`.
-
-        The rows stay unseen; a no-grad replay can then read them with a plain gather
-        (`user[rows]`) instead of a masked select per step.
-        """
-        for table, seen, init, rows in (
-            (self.user, self.user_seen, self.user_init if user_init is None else user_init, users),
-            (self.item, self.item_seen, self.item_init if item_init is None else item_init, items),
-        ):
-            table[rows[~seen[rows]]] = init.to(table.dtype)
-
     def write_users(self, rows: Tensor, values: Tensor) -> None:
         values = self._fresh_user.write(rows, values, self.user.shape[0])
         self.user.index_copy_(0, rows, values.detach().to(self.user.dtype))
