@@ -60,6 +60,26 @@ def test_every_experiment_config_runs_end_to_end(make_cfg, experiment):
     assert 0 < metrics["test/mrr"] <= 1
 
 
+def test_auto_state_change_weight_is_the_published_class_weight(make_cfg):
+    cfg = make_cfg(
+        [
+            "model=jodie",
+            "model.dim=8",
+            "model.state_change_head=true",
+            "model.state_change_weight=auto",
+        ]
+    )
+    cfg.data.synthetic = dict(
+        num_users=30, num_items=20, num_interactions=600, repeat_prob=0.6, state_label_prob=0.05
+    )
+    _, objects = train(cfg)
+    dm = objects["datamodule"]
+    labels = dm.stream.state_label[: dm.split.train_end]
+    assert int(labels.sum()) > 0
+    expected = len(labels) / (1.0 + float(labels.sum()))
+    assert float(objects["model"].state_class_weight[1]) == pytest.approx(expected)
+
+
 def test_heuristic_trains_for_one_epoch_whatever_the_trainer_says(make_cfg):
     cfg = make_cfg(["model=popularity", "trainer.max_epochs=3"])
     metrics, _ = train(cfg)
