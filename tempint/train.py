@@ -81,8 +81,14 @@ def eval_kind(model, dm, scorer: str, mode: str) -> str:
     return "eval"
 
 
-def evaluate_module(module, dm, cfg: DictConfig) -> dict:
-    """The protocol of DESIGN.md on a trained module whose memory is at the end of training."""
+def evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None = None) -> dict:
+    """The protocol of DESIGN.md on a trained module whose memory is at the end of training.
+
+    Online evaluation steps with the optimiser of `cfg.optimizer`, resumed from
+    `optimizer_state` (the checkpoint's) when given, as JODIE's evaluation reloads the
+    optimiser with the model: a fresh Adam's first steps are full-size and shake the
+    weights the evaluation is meant to judge.
+    """
     import torch
     from hydra.utils import instantiate
 
@@ -95,6 +101,8 @@ def evaluate_module(module, dm, cfg: DictConfig) -> dict:
     if cfg.eval.mode == "online" and model.learned:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = instantiate(cfg.optimizer)(params)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
         clip = cfg.get("gradient_clip")
 
         def online_step(loss):
@@ -124,19 +132,21 @@ def evaluate_module(module, dm, cfg: DictConfig) -> dict:
     )
 
 
-def _load_best(module, checkpoint_cb) -> str | None:
-    """Weights and memory buffers of the best checkpoint (by val/mrr), else the last."""
+def _load_best(module, checkpoint_cb) -> tuple[str | None, dict | None]:
+    """Weights and memory buffers of the best checkpoint (by val/mrr), else the last;
+    returns its path and its optimiser state."""
     import torch
 
     path = None
     if checkpoint_cb is not None:
         path = checkpoint_cb.best_model_path or checkpoint_cb.last_model_path
     if not path or not Path(path).exists():
-        return None
-    state = torch.load(path, map_location=module.device, weights_only=False)["state_dict"]
-    module.load_state_dict(state)
+        return None, None
+    checkpoint = torch.load(path, map_location=module.device, weights_only=False)
+    module.load_state_dict(checkpoint["state_dict"])
     module.model.detach_state()  # state kept beside the buffers belongs to the old memory
-    return path
+    optimizers = checkpoint.get("optimizer_states") or [None]
+    return path, optimizers[0]
 
 
 # Third-party notices that say nothing about a tempint run, silenced by category and message.
@@ -223,8 +233,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     if trainer.interrupted:
         raise KeyboardInterrupt
 
-    best_path = _load_best(module, checkpoint_cb)
-    metrics = evaluate_module(module, dm, cfg)
+    best_path, optimizer_state = _load_best(module, checkpoint_cb)
+    metrics = evaluate_module(module, dm, cfg, optimizer_state)
+    if cfg.eval.mode == "online" and model.learned:
+        metrics["online_optimizer"] = "checkpoint" if optimizer_state is not None else "fresh"
     for extra in cfg.eval.get("also") or []:
         # the same trained model under another protocol, from the same checkpoint
         _load_best(module, checkpoint_cb)

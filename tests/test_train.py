@@ -80,6 +80,13 @@ def test_auto_state_change_weight_is_the_published_class_weight(make_cfg):
     assert float(objects["model"].state_class_weight[1]) == pytest.approx(expected)
 
 
+def test_online_evaluation_resumes_the_checkpoints_optimiser(make_cfg):
+    metrics, objects = train(make_cfg(["model=jodie", "model.dim=8", "eval.mode=online"]))
+    assert metrics["mode"] == "online"
+    assert metrics["online_optimizer"] == "checkpoint"
+    assert 0 < metrics["test/mrr"] <= 1
+
+
 def test_heuristic_trains_for_one_epoch_whatever_the_trainer_says(make_cfg):
     cfg = make_cfg(["model=popularity", "trainer.max_epochs=3"])
     metrics, _ = train(cfg)
