@@ -242,8 +242,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         _load_best(module, checkpoint_cb)
         other = OmegaConf.merge(cfg, {"eval": dict(extra)})
         name = f"{other.eval.mode}_{other.eval.ties}"
-        for key, value in evaluate_module(module, dm, other).items():
-            if key.startswith(("val/", "test/")) and "/" not in key.split("/", 1)[1]:
+        result = evaluate_module(module, dm, other)
+        for key, value in result.items():  # the model's metrics, per tag too; no baselines
+            parts = key.split("/")
+            if parts[0] in ("val", "test") and parts[1] not in result["baselines"]:
                 metrics[f"protocol/{name}/{key}"] = value
     epochs = module.epoch_seconds
     seconds_per_epoch = sum(epochs) / len(epochs) if epochs else float("nan")

@@ -87,6 +87,15 @@ def test_online_evaluation_resumes_the_checkpoints_optimiser(make_cfg):
     assert 0 < metrics["test/mrr"] <= 1
 
 
+def test_another_protocol_reports_the_models_metrics_per_tag_without_baselines(make_cfg):
+    cfg = make_cfg(["model=static", "eval.also=[{mode:frozen,ties:optimistic,scorer:auto}]"])
+    metrics, _ = train(cfg)
+    other = "protocol/frozen_optimistic/test"
+    assert metrics[f"{other}/mrr"] >= metrics["test/mrr"]  # optimistic ties rank no lower
+    assert f"{other}/mrr/repeat" in metrics and f"{other}/share/new" in metrics
+    assert not any(k.startswith((f"{other}/recency", f"{other}/popularity")) for k in metrics)
+
+
 def test_heuristic_trains_for_one_epoch_whatever_the_trainer_says(make_cfg):
     cfg = make_cfg(["model=popularity", "trainer.max_epochs=3"])
     metrics, _ = train(cfg)
