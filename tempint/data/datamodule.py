@@ -41,7 +41,7 @@ BLOCK_ENTRIES = 1 << 24
 
 def eval_block_rows(num_items: int) -> int:
     """Interactions per evaluation block: more rows mean fewer t-batches, more memory."""
-    return max(64, min(2048, BLOCK_ENTRIES // max(int(num_items), 1)))
+    return max(64, min(8192, BLOCK_ENTRIES // max(int(num_items), 1)))
 
 
 def build_stream(
