@@ -314,6 +314,9 @@ def _finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+        # the service process writes the offline run file; stopping it waits for the
+        # file to be complete, so the run directory is final when train() returns
+        wandb.teardown()
 
 
 def _hydra_main(cfg: DictConfig) -> float | None:
