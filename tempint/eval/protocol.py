@@ -176,7 +176,6 @@ def run_stream(
             online_step(pending)
             model.detach_state()
     finally:
-        model.rank_in_blocks = False
         model.train(was_training)
     seconds = time.perf_counter() - start
     return StreamResult(evaluator.compute(), evaluator.count, seconds)
@@ -195,11 +194,13 @@ def _rank_block(
         )
     ranker = BlockRanker(scorers, model.candidate_table(), model.block_queries)
     model.rank_in_blocks = True
-    model.begin_chunk(chunk)
-    for step in chunk.steps:
-        ranker.add(model(step))
-    model.end_chunk(chunk)
-    model.rank_in_blocks = False
+    try:
+        model.begin_chunk(chunk)
+        for step in chunk.steps:
+            ranker.add(model(step))
+        model.end_chunk(chunk)
+    finally:
+        model.rank_in_blocks = False
     evaluator.add_bounds(*ranker.rank(chunk))
 
 

@@ -123,6 +123,15 @@ class _Rows:
 
 
 @dataclass
+class _Query:
+    """What the prediction layer reads besides the states, [N] or [N, 2]."""
+
+    user: Tensor
+    prev_item: Tensor
+    delta: Tensor
+
+
+@dataclass
 class _PlannedChunk:
     """A training chunk whose losses are computed once, at its last step.
 
@@ -523,7 +532,7 @@ class JODIE(InteractionModel):
             self._grad_hook = _DenseGradHook(self.static_weight)
         return True
 
-    def _predict(self, user: Tensor, previous: Tensor, rows: _Rows) -> Tensor:
+    def _predict(self, user: Tensor, previous: Tensor, rows: _Rows | _Query) -> Tensor:
         """ĵ [N, D] (Eq. 3-4), or û [N, d] without the prediction layer."""
         if self.time_projection:
             scale = torch.addcmul(
@@ -592,8 +601,7 @@ class JODIE(InteractionModel):
         )
         previous = versions.rows_at(prev.clamp(min=0), position)
         previous = torch.where((prev >= 0)[:, None], previous, self.memory.item_init)
-        rows = _Rows(users, users, prev, delta, users)
-        query = self._predict(user, previous, rows)
+        query = self._predict(user, previous, _Query(users, prev, delta))
         return query[:, : self.dim], self._native_bias(query)
 
     def candidate_table(self) -> Tensor:
