@@ -152,12 +152,12 @@ def _scores(
         out["dot"] = scores
     if "l2" in scorers or "native" in scorers:
         q = query.double()
-        q_norm = q.square().sum(1, keepdim=True)
+        minus_q_norm = q.square().sum(1, keepdim=True).neg_()
         t, f = table.double(), fresh.double()
-        scores = torch.addmm(q_norm, q, t.T, alpha=-2.0).add_(t.square().sum(1))
-        near = torch.addmm(q_norm, q, f.T, alpha=-2.0).add_(f.square().sum(1))
+        # minus the squared distance: 2 q·c − |q|² − |c|²
+        scores = torch.addmm(minus_q_norm, q, t.T, alpha=2.0).sub_(t.square().sum(1))
+        near = torch.addmm(minus_q_norm, q, f.T, alpha=2.0).sub_(f.square().sum(1))
         scores[row, col] = near[row, version]
-        scores = scores.neg_()
         if "l2" in scorers:
             out["l2"] = scores
         if "native" in scorers:

@@ -216,11 +216,14 @@ class LiMNet(InteractionModel):
         user_rows, item_rows = batch.user_rows, batch.item_rows
         grad = torch.is_grad_enabled()
         last = self._hidden_cols(self.layers - 1)
-        if self._plain_reads and not grad:
+        if self._plain_reads and not grad:  # no graph to keep: plain gathers and writes
+            memory = self.memory
             state = torch.stack((memory.user[user_rows], memory.item[item_rows]))
             new_state = self._update(state, self._features(batch))
-            memory.write_users(user_rows, new_state[0])
-            memory.write_items(item_rows, new_state[1])
+            memory.user.index_copy_(0, user_rows, new_state[0])
+            memory.item.index_copy_(0, item_rows, new_state[1])
+            memory.user_seen.index_fill_(0, user_rows, True)
+            memory.item_seen.index_fill_(0, item_rows, True)
             return Output(query=state[0, :, last], written=new_state[1][:, last])
         user_init, item_init = self._initial()
         state = torch.stack(
