@@ -57,10 +57,6 @@ class DeePRed(InteractionModel):
     A side with no history at all uses its long-term embedding E(node) as its
     short-term embedding (so a user's first query is E(u)).
 
-    Optional (`query_weight`, 0 in the paper): query_weight · mean_b ||q_b - i_b(t)||², the
-    self-attended ranking query pulled to the target's short-term embedding (detached), so
-    that what ranking reads is trained too.
-
     Loss: objective_weight · mean_b ||u_b(t) - i_b(t)||² + orthogonality_weight ·
     ||VᵀV - I||²_F, where V [2B, d] stacks the batch's short-term embeddings u_b(t) and
     i_b(t), scaled by sqrt(d / 2B). VᵀV is then d times their second-moment matrix, so the
@@ -95,7 +91,6 @@ class DeePRed(InteractionModel):
         dropout: float = 0.1,
         objective_weight: float = 1.0,
         orthogonality_weight: float = 0.01,
-        query_weight: float = 0.0,
     ) -> None:
         super().__init__(num_users, num_items)
         if pooling not in POOLINGS:
@@ -111,7 +106,6 @@ class DeePRed(InteractionModel):
         self.pooling = pooling
         self.objective_weight = float(objective_weight)
         self.orthogonality_weight = float(orthogonality_weight)
-        self.query_weight = float(query_weight)
         self.embedding = nn.Embedding(num_users + num_items, self.dim)
         nn.init.normal_(self.embedding.weight, std=self.dim**-0.5)
         self.dropout = nn.Dropout(float(dropout))
@@ -212,12 +206,6 @@ class DeePRed(InteractionModel):
         if not self.training:
             candidates = self._step_tables(batch, i_t.detach(), candidates)
         losses = self._losses(u_t, i_t) if self.training else {}
-        if self.training and self.query_weight != 0.0:
-            # the ranking query (self-attended) pulled to the item's short-term embedding,
-            # the candidate it will be ranked against: not in the paper, which trains
-            # only the co-attended pair and ranks against a partner it knows
-            gap = (query - i_t.detach()).pow(2).sum(-1)
-            losses["query"] = self.query_weight * gap.mean()
         self._remember(batch, i_t.detach())
         return Output(query=query, candidates=candidates, losses=losses)
 
