@@ -78,6 +78,8 @@ def eval_kind(model, dm, scorer: str, mode: str) -> str:
         return "contiguous"
     if not dm.windowed and can_rank_blocks(model, scorer, mode):
         return "blocks"
+    if not dm.windowed and mode == "frozen" and getattr(model, "per_user_state", False):
+        return "users"
     return "eval"
 
 
@@ -195,8 +197,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model = instantiate(
         cfg.model, num_users=dm.num_users, num_items=dm.num_items, **_data_dependent(cfg, dm)
     )
-    if eval_kind(model, dm, cfg.eval.scorer, "frozen") == "blocks":
-        dm.val_kind = "blocks"  # validation during fit is a frozen replay
+    # validation during fit is a frozen replay
+    dm.val_kind = eval_kind(model, dm, cfg.eval.scorer, "frozen")
     module = InteractionModule(
         model,
         optimizer=instantiate(cfg.optimizer) if model.learned else None,

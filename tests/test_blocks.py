@@ -8,11 +8,13 @@ import pytest
 import torch
 
 import tempint.eval.blocks as blocks
-from tempint.data.samplers import TBatchSampler, block_plans
+from tempint.data.samplers import TBatchSampler, block_plans, user_step_plans
 from tempint.eval.blocks import ItemVersions
 from tempint.eval.protocol import StreamEvaluator, can_rank_blocks, run_stream
+from tempint.models.imn import IterativeMemoryNetwork
 from tempint.models.jodie import JODIE
 from tempint.models.limnet import LiMNet
+from tempint.models.tlstm import TimeAwareLSTM
 from tests.test_protocol import datamodule_for
 
 
@@ -136,3 +138,48 @@ def test_models_without_block_support_and_online_replays_use_steps():
         run_stream(
             Recency(dm.num_users, dm.num_items), dm.chunks(plans), StreamEvaluator(["native"])
         )
+
+
+def test_user_step_plans_hold_each_user_once_and_keep_their_order():
+    rng = np.random.default_rng(1)
+    users = rng.integers(0, 4, 200)
+    plans = user_step_plans(users, 10, 200, size=50, max_step=3)
+    seen = np.concatenate([np.concatenate(p.steps) for p in plans])
+    assert sorted(seen.tolist()) == list(range(10, 200))
+    for plan in plans:
+        order = {int(r): s for s, step in enumerate(plan.steps) for r in step}
+        for step in plan.steps:
+            assert len(set(users[step])) == len(step) <= 3
+        rows = sorted(order)
+        for user in set(users[rows]):
+            mine = [r for r in rows if users[r] == user]
+            assert [order[r] for r in mine] == sorted(order[r] for r in mine)
+            assert len({order[r] for r in mine}) == len(mine)
+
+
+PER_USER = {
+    "imn": lambda u, i: IterativeMemoryNetwork(u, i, dim=8, length=5, attention_hidden=8),
+    "tlstm": lambda u, i: TimeAwareLSTM(u, i, dim=8, attention_size=3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PER_USER))
+def test_per_user_state_models_score_user_steps_as_one_at_a_time(name):
+    torch.manual_seed(0)
+    dm = datamodule_for(repeating_stream(), TBatchSampler(4), eval_max_batch_size=1)
+    model = PER_USER[name](dm.num_users, dm.num_items)
+    assert model.per_user_state
+    _replay_train(model, dm)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    results = {}
+    for kind in ("users", "one_at_a_time"):
+        model.load_state_dict(state)
+        if kind == "users":
+            plans = user_step_plans(dm._users, dm.split.train_end, dm.split.val_end, 40, 512)
+        else:
+            plans = dm.exact_plans("val")
+        results[kind] = run_stream(model, dm.chunks(plans), StreamEvaluator(["native"]))
+    users, ref = results["users"].metrics["native"], results["one_at_a_time"].metrics["native"]
+    assert results["users"].count == results["one_at_a_time"].count
+    for key, value in ref.items():
+        assert users[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key

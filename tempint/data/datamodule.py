@@ -27,6 +27,7 @@ from tempint.data.samplers import (
     TBatchSampler,
     block_plans,
     exact_segments,
+    user_step_plans,
 )
 from tempint.data.splits import Split, chrono_split
 from tempint.errors import ConfigError
@@ -273,6 +274,13 @@ class InteractionDataModule(L.LightningDataModule):
             self._users, self._items, rows.start, rows.stop, eval_block_rows(self.num_items)
         )
 
+    def user_plans(self, stage: str) -> list[ChunkPlan]:
+        """Steps with no user twice, items free: for models whose state is per user only."""
+        rows = self._rows(stage)
+        return user_step_plans(
+            self._users, rows.start, rows.stop, 8192, self.eval_max_batch_size
+        )
+
     def contiguous_plans(self, stage: str, size: int | None = None) -> list[ChunkPlan]:
         """Plain consecutive steps, for models whose scores are exact whatever a step holds."""
         rows = self._rows(stage)
@@ -298,14 +306,16 @@ class InteractionDataModule(L.LightningDataModule):
         """Evaluation chunks of a split, gathered once and reused by every pass.
 
         `kind`: "eval" (the protocol's steps for this sampler), "exact" (exact steps
-        whatever the sampler), "contiguous" (plain consecutive steps) or "blocks"
-        (t-batches of consecutive blocks, for models ranked in blocks).
+        whatever the sampler), "contiguous" (plain consecutive steps), "blocks"
+        (t-batches of consecutive blocks, for models ranked in blocks) or "users" (steps
+        with no user twice, for models whose state is per user).
         """
         planner = {
             "eval": self.eval_plans,
             "exact": self.exact_plans,
             "contiguous": self.contiguous_plans,
             "blocks": self.block_plans,
+            "users": self.user_plans,
         }[kind]
         key = (stage, kind)
         if key in self._eval_cache:

@@ -21,6 +21,7 @@ __all__ = [
     "ShuffleSampler",
     "exact_segments",
     "block_plans",
+    "user_step_plans",
     "tbatch_assign",
 ]
 
@@ -319,4 +320,33 @@ def block_plans(users, items, start: int, end: int, size: int) -> list[ChunkPlan
         order = np.argsort(batch_of, kind="stable")
         cuts = np.flatnonzero(np.diff(batch_of[order])) + 1
         plans.append(ChunkPlan(steps=np.split(pos[order], cuts), block=True))
+    return plans
+
+
+def user_step_plans(users, start: int, end: int, size: int, max_step: int) -> list[ChunkPlan]:
+    """Blocks of `size` consecutive interactions, each cut into steps with no user twice.
+
+    Step k of a block holds each user's k-th interaction in it (at most `max_step` per
+    step, in time order), so every user's own order is kept while items may repeat: exact
+    for models whose only stream state is per user (`InteractionModel.per_user_state`),
+    and far fewer steps than `exact_segments` where users repeat consecutively.
+    """
+    size = _positive("block size", size, "use a positive integer")
+    max_step = _positive("data.eval_max_batch_size", max_step, "use a positive integer")
+    plans = []
+    for lo in range(start, end, size):
+        pos = np.arange(lo, min(lo + size, end))
+        block_users = users[pos]
+        by_user = np.argsort(block_users, kind="stable")
+        sorted_users = block_users[by_user]
+        first = np.r_[0, np.flatnonzero(np.diff(sorted_users)) + 1]
+        run_start = np.repeat(first, np.diff(np.r_[first, len(pos)]))
+        occurrence = np.empty(len(pos), dtype=np.int64)
+        occurrence[by_user] = np.arange(len(pos)) - run_start
+        order = np.argsort(occurrence, kind="stable")  # by occurrence, then time
+        cuts = np.flatnonzero(np.diff(occurrence[order])) + 1
+        steps = []
+        for step in np.split(pos[order], cuts):
+            steps.extend(np.array_split(step, -(-len(step) // max_step)))
+        plans.append(ChunkPlan(steps=steps))
     return plans

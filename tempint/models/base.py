@@ -70,6 +70,9 @@ class InteractionModel(nn.Module):
     # the items a step holds. While `rank_in_blocks` is set, forward may skip building
     # candidates and scores, and must return the rows it wrote (`Output.written`).
     block_scorers: tuple[str, ...] = ()
+    # True when the model's only stream state is per user (items are parameters): a step
+    # may then hold one interaction per user with items repeated, and still score exactly.
+    per_user_state: bool = False
     rank_in_blocks: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:

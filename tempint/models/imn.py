@@ -103,6 +103,7 @@ class IterativeMemoryNetwork(InteractionModel):
     """
 
     scorers = ("native",)
+    per_user_state = True  # per-user buffers only; items are parameters
 
     def __init__(
         self,

@@ -107,6 +107,7 @@ class TimeAwareLSTM(InteractionModel):
     """
 
     scorers = ("native",)
+    per_user_state = True  # per-user buffers only; items are parameters
 
     def __init__(
         self,
