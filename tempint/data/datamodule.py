@@ -277,9 +277,7 @@ class InteractionDataModule(L.LightningDataModule):
     def user_plans(self, stage: str) -> list[ChunkPlan]:
         """Steps with no user twice, items free: for models whose state is per user only."""
         rows = self._rows(stage)
-        return user_step_plans(
-            self._users, rows.start, rows.stop, 8192, self.eval_max_batch_size
-        )
+        return user_step_plans(self._users, rows.start, rows.stop, 8192, self.eval_max_batch_size)
 
     def contiguous_plans(self, stage: str, size: int | None = None) -> list[ChunkPlan]:
         """Plain consecutive steps, for models whose scores are exact whatever a step holds."""

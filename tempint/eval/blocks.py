@@ -44,19 +44,21 @@ class ItemVersions:
         self.table = table
         order = torch.argsort(position)
         self.item, self.position, self.written = item[order], position[order], written[order]
+        # versions sorted by (item, position): key = item · width + position
+        self._width = int(self.position.max()) + 2
+        keys = self.item * self._width + self.position
+        self._keys, self._by_item = torch.sort(keys)
+        by_item = self._by_item
         # next write of the same item (its position), or never
         never = torch.iinfo(position.dtype).max
-        by_item = torch.argsort(self.item * (int(self.position.max()) + 1) + self.position)
         following = torch.full_like(self.position, never)
         same = self.item[by_item[1:]] == self.item[by_item[:-1]]
         following[by_item[:-1]] = torch.where(same, self.position[by_item[1:]], never)
         self.following = following
-        self._keys = self.item[by_item] * (int(self.position.max()) + 2) + self.position[by_item]
-        self._by_item = by_item
 
     def rows_at(self, items: Tensor, position: Tensor) -> Tensor:
         """Rows [n, d] of `items` as of just before `position` (block-start row if unwritten)."""
-        width = int(self.position.max()) + 2
+        width = self._width
         key = items * width + position.clamp(max=width - 1)  # later positions: the last version
         slot = torch.searchsorted(self._keys, key) - 1  # last version strictly before
         found = slot >= 0
