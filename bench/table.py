@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 __all__ = ["TARGETS", "check_targets", "case_checks", "scaling_ratios", "render"]
 
 GIB = 2**30
@@ -163,10 +161,6 @@ def scaling_ratios(points: list[dict]) -> list[dict]:
     return out
 
 
-def _num(value: Any, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
-
-
 def _case_row(case: dict) -> list[str]:
     head = [case["model"], case["sampler"], case["shape"]]
     if case["status"] == "timeout":
@@ -192,14 +186,6 @@ def _case_row(case: dict) -> list[str]:
         memory,
         case_checks(case),
     ]
-
-
-def _not_measured(part: dict) -> str:
-    status = part.get("status", "skipped")
-    if status == "timeout":
-        status = f"timed out after {part['time_limit']:.0f} s"
-    error = part.get("error")
-    return f"not measured ({status}: {error})" if error else f"not measured ({status})"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

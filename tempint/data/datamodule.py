@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 BLOCK_ENTRIES = 1 << 24
 
 
+# Interactions per chunk of per-user steps (`user_step_plans`): a step's size is bounded
+# by eval_max_batch_size whatever the chunk, so this only bounds the plan's memory.
+USER_BLOCK_ROWS = 8192
+
+
 def eval_block_rows(num_items: int) -> int:
     """Interactions per evaluation block: more rows mean fewer t-batches, more memory."""
     return max(64, min(8192, BLOCK_ENTRIES // max(int(num_items), 1)))

@@ -145,33 +145,32 @@ def run_stream(
     try:
         for chunk in chunks:
             chunk = chunk.to(device)
-            if chunk.block:
-                _rank_block(model, chunk, evaluator, online)
+            if not online:
+                score_chunk(model, chunk, evaluator)
                 continue
-            with torch.set_grad_enabled(online):
+            if chunk.block:
+                raise ValueError("block chunks are for frozen replays; online needs steps")
+            with torch.enable_grad():
                 model.begin_chunk(chunk)
-            for s, step in enumerate(chunk.steps):
-                mask = chunk.scored[s] if chunk.scored is not None else None
-                with torch.set_grad_enabled(online):
+                for s, step in enumerate(chunk.steps):
+                    mask = chunk.scored[s] if chunk.scored is not None else None
                     output = model(step)
-                with torch.no_grad():
-                    evaluator.update(output, step, mask)
-                if online and output.loss is not None:
-                    pending = output.loss if pending is None else pending + output.loss
-            if online:
+                    with torch.no_grad():
+                        evaluator.update(output, step, mask)
+                    if output.loss is not None:
+                        pending = output.loss if pending is None else pending + output.loss
                 for extra in model.chunk_losses().values():
                     pending = extra if pending is None else pending + extra
             model.end_chunk(chunk)
-            if online:
-                t_last = float(chunk.steps[-1].t.max())
-                if window_start is None:
-                    window_start = float(chunk.steps[0].t.min())
-                if online_window is None or t_last - window_start >= online_window:
-                    if pending is not None and pending.requires_grad:
-                        online_step(pending)
-                    pending = None
-                    window_start = None
-                    model.detach_state()
+            t_last = float(chunk.steps[-1].t.max())
+            if window_start is None:
+                window_start = float(chunk.steps[0].t.min())
+            if online_window is None or t_last - window_start >= online_window:
+                if pending is not None and pending.requires_grad:
+                    online_step(pending)
+                pending = None
+                window_start = None
+                model.detach_state()
         if online and pending is not None and pending.requires_grad:
             online_step(pending)
             model.detach_state()
@@ -182,25 +181,16 @@ def run_stream(
 
 
 @torch.no_grad()
-def _rank_block(
-    model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluator, online: bool
-) -> None:
+def _rank_block(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluator) -> None:
     """Replay a block chunk's t-batches, then rank all its interactions at once."""
     scorers = tuple(evaluator.metrics)
-    if online or not set(scorers) <= set(model.block_scorers):
-        raise ValueError(
-            f"{type(model).__name__} cannot rank blocks with {', '.join(scorers)}"
-            + (" online" if online else "")
-        )
+    if not set(scorers) <= set(model.block_scorers):
+        raise ValueError(f"{type(model).__name__} cannot rank blocks with {', '.join(scorers)}")
     ranker = BlockRanker(scorers, model.candidate_table(), model.block_queries)
-    model.rank_in_blocks = True
-    try:
-        model.begin_chunk(chunk)
-        for step in chunk.steps:
-            ranker.add(model(step))
-        model.end_chunk(chunk)
-    finally:
-        model.rank_in_blocks = False
+    model.begin_chunk(chunk)
+    for step in chunk.steps:
+        ranker.add(model(step))
+    model.end_chunk(chunk)
     evaluator.add_bounds(*ranker.rank(chunk))
 
 
@@ -208,7 +198,7 @@ def _rank_block(
 def score_chunk(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluator) -> None:
     """Frozen replay of one chunk: ranked as a block, or step by step."""
     if chunk.block:
-        _rank_block(model, chunk, evaluator, online=False)
+        _rank_block(model, chunk, evaluator)
         return
     model.begin_chunk(chunk)
     for s, step in enumerate(chunk.steps):

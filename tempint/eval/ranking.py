@@ -112,10 +112,10 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     # NaN as -inf would tie) need the rewrite
     if scores.is_floating_point():
         rows = (true.isnan() | (true == float("-inf"))).squeeze(1)
-    if scores.is_floating_point() and bool(rows.any()):
-        scores = scores.clone()
-        scores[rows] = torch.where(scores[rows].isnan(), float("-inf"), scores[rows])
-        true = scores.gather(1, target.long().unsqueeze(1))
+        if bool(rows.any()):
+            scores = scores.clone()
+            scores[rows] = torch.where(scores[rows].isnan(), float("-inf"), scores[rows])
+            true = scores.gather(1, target.long().unsqueeze(1))
     best = 1 + (scores > true).sum(1)
     worst = best + (scores == true).sum(1) - 1
     return best, worst

@@ -65,15 +65,15 @@ class InteractionModel(nn.Module):
     # True when a step's scores equal one-interaction-at-a-time scores whatever the step
     # holds (repeated users or items included): evaluation may then use large steps.
     exact_any_step: bool = False
-    # Scorers for which evaluation may rank a block of exact steps at once: the Output's
-    # candidates are a global [I, d] table (`candidate_table`) whose rows change only for
-    # the items a step holds. While `rank_in_blocks` is set, forward may skip building
-    # candidates and scores, and must return the rows it wrote (`Output.written`).
+    # Scorers for which evaluation may rank a block chunk (`Chunk.block`) at once: the
+    # Output's candidates are a global [I, d] table (`candidate_table`) whose rows change
+    # only for the items a step holds. In a block chunk's steps (no autograd), forward may
+    # skip building candidates and scores, and must return the rows it wrote
+    # (`Output.written`).
     block_scorers: tuple[str, ...] = ()
     # True when the model's only stream state is per user (items are parameters): a step
     # may then hold one interaction per user with items repeated, and still score exactly.
     per_user_state: bool = False
-    rank_in_blocks: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()

@@ -232,37 +232,6 @@ class _GraphCache:
         self.memory.write_items(ids, self.item[slots])
 
 
-@dataclass
-class _ReplayStep:
-    """What a frozen replay step reads, planned once per block chunk."""
-
-    users: Tensor  # [n] user rows
-    delta: Tensor  # [n, 2]
-
-
-def _plan_replay(chunk: Chunk, memory: MemoryState) -> dict[int, tuple[Interactions, _ReplayStep]]:
-    """Per-step reads of a block chunk replayed without gradients.
-
-    The chunk's unseen rows get the initial vectors written in (they stay unseen), so a
-    step reads its rows with one gather per side instead of a masked select.
-    """
-    steps = chunk.steps
-    users = torch.cat([s.user_rows for s in steps])
-    items = torch.cat([s.item_rows for s in steps])
-    delta = torch.stack(
-        (torch.cat([s.delta_user for s in steps]), torch.cat([s.delta_item for s in steps])),
-        dim=1,
-    ).to(memory.user.dtype)
-    memory.fill_unseen(users, items)
-    plan = {}
-    start = 0
-    for step in steps:
-        part = slice(start, start + len(step))
-        start += len(step)
-        plan[id(step)] = (step, _ReplayStep(users[part], delta[part]))
-    return plan
-
-
 def _extend(table: Tensor, slot: Tensor, ids: Tensor, read) -> Tensor:
     """`table` with rows appended for the `ids` (unique) it does not hold yet."""
     new = ids[slot[ids] >= table.shape[0]]
@@ -395,7 +364,7 @@ class JODIE(InteractionModel):
         self.sparse_gradients = True
         self._window_keys: Tensor | None = None
         self._window_rows: Tensor | None = None
-        self._replay: dict[int, tuple[Interactions, _ReplayStep]] | None = None
+        self._replaying = False  # a frozen block chunk: see `_replay_step`
 
     # ---- stream state ------------------------------------------------------------------
 
@@ -420,15 +389,16 @@ class JODIE(InteractionModel):
 
     def begin_chunk(self, chunk: Chunk) -> None:
         """Window-local memory for the sequence sampler; else cache the rows gradients need."""
-        self._replay = None
+        self._replaying = False
         if chunk.local_users is None:
             if torch.is_grad_enabled() and chunk.steps:
                 if self._cache is None:
                     self._cache = _GraphCache(self.memory)
                 self._cache.add(chunk)
-            elif self.rank_in_blocks and chunk.steps:
+            elif chunk.block:
                 self._drop_cache()
-                self._replay = _plan_replay(chunk, self.memory)
+                self.memory.fill_unseen(chunk)  # then rows are read with one gather
+                self._replaying = True
             return
         self._drop_cache()
         row_window = chunk.row_window
@@ -446,7 +416,7 @@ class JODIE(InteractionModel):
         self._window_rows = used[order]
 
     def end_chunk(self, chunk: Chunk) -> None:
-        self._replay = None
+        self._replaying = False
         if self._local is not None:
             self._local.commit()
             self._local = None
@@ -576,7 +546,7 @@ class JODIE(InteractionModel):
         static = query[:, self.dim :]
         return static.mul(2.0).sub_(static.square().sum(dim=1, keepdim=True) + 1.0)
 
-    def _replay_step(self, batch: Interactions, plan: _ReplayStep) -> Output:
+    def _replay_step(self, batch: Interactions) -> Output:
         """A frozen replay step of a block: update memory, leave the prediction for later.
 
         The previous item's state j(t⁻) is not read here: in t-batch order the item may
@@ -584,14 +554,16 @@ class JODIE(InteractionModel):
         as of the interaction's own position.
         """
         memory = self.memory
-        user = memory.user.index_select(0, plan.users)
-        item = memory.item.index_select(0, batch.item_rows)
-        new_user, new_item = self.update(user, item, plan.delta, self._features(batch))
-        memory.user.index_copy_(0, plan.users, new_user)
-        memory.item.index_copy_(0, batch.item_rows, new_item)
-        memory.user_seen.index_fill_(0, plan.users, True)
-        memory.item_seen.index_fill_(0, batch.item_rows, True)
-        partial = (user, plan.delta, batch.user, batch.prev_item, batch.index)
+        users, items = batch.user_rows, batch.item_rows
+        user = memory.user.index_select(0, users)
+        item = memory.item.index_select(0, items)
+        delta = torch.stack((batch.delta_user, batch.delta_item), dim=1).to(user.dtype)
+        new_user, new_item = self.update(user, item, delta, self._features(batch))
+        memory.user.index_copy_(0, users, new_user)
+        memory.item.index_copy_(0, items, new_item)
+        memory.user_seen.index_fill_(0, users, True)
+        memory.item_seen.index_fill_(0, items, True)
+        partial = (user, delta, batch.user, batch.prev_item, batch.index)
         return Output(partial=partial, written=new_item)
 
     def block_queries(self, outputs, versions) -> tuple[Tensor, Tensor]:
@@ -657,9 +629,8 @@ class JODIE(InteractionModel):
 
     def forward(self, batch: Interactions) -> Output:
         """Predict from the states before the batch, then update them (Eq. 1-4)."""
-        planned = self._replay.get(id(batch)) if self._replay is not None else None
-        if planned is not None and planned[0] is batch and not torch.is_grad_enabled():
-            return self._replay_step(batch, planned[1])
+        if self._replaying and not torch.is_grad_enabled():
+            return self._replay_step(batch)
         step = self._cache.find(batch) if self._cache is not None else None
         if step is None and self._cache is not None and self._local is None:
             self._drop_cache()  # a step begin_chunk never saw: the global rows are current

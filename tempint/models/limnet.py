@@ -155,11 +155,8 @@ class LiMNet(InteractionModel):
     def begin_chunk(self, chunk: Chunk) -> None:
         self._plain_reads = False
         if chunk.local_users is None:
-            if chunk.block and self.rank_in_blocks and not torch.is_grad_enabled():
-                user_init, item_init = self._initial()
-                users = torch.cat([s.user_rows for s in chunk.steps])
-                items = torch.cat([s.item_rows for s in chunk.steps])
-                self.memory.fill_unseen(users, items, user_init, item_init)
+            if chunk.block and not torch.is_grad_enabled():
+                self.memory.fill_unseen(chunk, *self._initial())
                 self._plain_reads = True  # a frozen block: rows read with one gather
             return
         row_window = chunk.row_window
@@ -230,11 +227,6 @@ class LiMNet(InteractionModel):
             (memory.read_users(user_rows, user_init), memory.read_items(item_rows, item_init))
         )
         query = state[0, :, last]
-        if self.rank_in_blocks and self._local is None and not grad:
-            new_state = self._update(state, self._features(batch))
-            memory.write_users(user_rows, new_state[0])
-            memory.write_items(item_rows, new_state[1])
-            return Output(query=query, written=new_state[1][:, last])
         with torch.no_grad():  # for ranking only: the losses never read the table
             candidates = self._candidates(batch, memory, last, item_init, grad)
         # Nothing can learn from the losses without autograd; evaluation skips them.

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tempint.data.batch import Chunk
+
 __all__ = ["MemoryState", "LocalMemory"]
 
 
@@ -81,22 +83,17 @@ class MemoryState(nn.Module):
         """
         return _table(self.item, self.item_seen, self.item_init, init, self._fresh_item, cols)
 
-    def user_table(self, cols: slice | None = None, init: Tensor | None = None) -> Tensor:
-        return _table(self.user, self.user_seen, self.user_init, init, self._fresh_user, cols)
-
     @torch.no_grad()
     def fill_unseen(
-        self,
-        users: Tensor,
-        items: Tensor,
-        user_init: Tensor | None = None,
-        item_init: Tensor | None = None,
+        self, chunk: Chunk, user_init: Tensor | None = None, item_init: Tensor | None = None
     ) -> None:
-        """Write the initial vectors into the unseen rows among `users` / `items`.
+        """Write the initial vectors into the unseen rows the chunk's steps use.
 
-        The rows stay unseen; a no-grad replay can then read them with a plain gather
-        (`user[rows]`) instead of a masked select per step.
+        The rows stay unseen; a no-grad replay of the chunk can then read them with a
+        plain gather (`user[rows]`) instead of a masked select per step.
         """
+        users = torch.cat([s.user_rows for s in chunk.steps])
+        items = torch.cat([s.item_rows for s in chunk.steps])
         for table, seen, init, rows in (
             (self.user, self.user_seen, self.user_init if user_init is None else user_init, users),
             (self.item, self.item_seen, self.item_init if item_init is None else item_init, items),
