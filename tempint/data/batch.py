@@ -14,15 +14,21 @@ from torch import Tensor
 
 __all__ = ["Interactions", "Chunk", "TAG_NAMES"]
 
+# Buckets of the user's number of earlier interactions, (lo, hi) inclusive, hi None: open.
+HISTORY_BUCKETS = ((0, 0), (1, 4), (5, 49), (50, None))
+
+
+def history_tag(lo: int, hi: int | None) -> str:
+    """The tag of a history bucket: hist_0, hist_1-4, ..., hist_50+."""
+    return f"hist_{lo}" if hi == lo else (f"hist_{lo}+" if hi is None else f"hist_{lo}-{hi}")
+
+
 # Per-interaction tags of the evaluation breakdown, each a boolean column in `tags`.
 TAG_NAMES = (
     "repeat",  # the (user, item) pair occurred earlier in the stream
     "new",  # first occurrence of the pair
     "last",  # same item as the user's previous interaction
-    "hist_0",  # the user's number of earlier interactions: 0
-    "hist_1-4",
-    "hist_5-49",
-    "hist_50+",
+    *(history_tag(lo, hi) for lo, hi in HISTORY_BUCKETS),  # the user's earlier interactions
     "unseen_item",  # the item never occurred in the training split
 )
 

@@ -14,6 +14,8 @@ import numpy as np
 import polars as pl
 from numpy.lib.stride_tricks import sliding_window_view
 
+from tempint.data.batch import HISTORY_BUCKETS, history_tag
+
 __all__ = [
     "DAY",
     "WEEK",
@@ -27,7 +29,6 @@ __all__ = [
 
 DAY = 86_400.0
 WEEK = 7 * DAY
-HISTORY_BUCKETS = ((0, 0), (1, 4), (5, 49), (50, None))
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,7 @@ def interaction_tags(frame: pl.DataFrame, train_end: int) -> dict[str, np.ndarra
         "last": cols["prev_item"].to_numpy() == item,
     }
     for lo, hi in HISTORY_BUCKETS:
-        name = f"hist_{lo}" if hi == lo else (f"hist_{lo}+" if hi is None else f"hist_{lo}-{hi}")
         upper = user_rank <= hi if hi is not None else np.ones(n, dtype=bool)
-        tags[name] = (user_rank >= lo) & upper
+        tags[history_tag(lo, hi)] = (user_rank >= lo) & upper
     tags["unseen_item"] = first_pos[item] >= train_end
     return tags
