@@ -7,11 +7,12 @@ and per tag, so no number is read alone.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from tempint.results import load_runs
 
 __all__ = ["summary_table", "load_runs", "leaderboard", "bridge_table", "main"]
 
@@ -51,19 +52,6 @@ def summary_table(metrics: Mapping, split: str = "test") -> str:
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def load_runs(root: str | Path) -> list[dict]:
-    """Every `metrics.json` under a run or multirun directory."""
-    root = Path(root)
-    files = [root] if root.is_file() else sorted(root.rglob("metrics.json"))
-    runs = []
-    for f in files:
-        with open(f) as fh:
-            payload = json.load(fh)
-        payload["_path"] = str(f.parent)
-        runs.append(payload)
-    return runs
 
 
 def leaderboard(runs: Iterable[Mapping], split: str = "test") -> str:

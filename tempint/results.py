@@ -25,6 +25,7 @@ from tempint.errors import UserError
 
 __all__ = [
     "ABLATIONS",
+    "load_runs",
     "runs_table",
     "runs_from_wandb",
     "fetch_wandb",
@@ -121,17 +122,27 @@ def _job_order(path: Path) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
-def runs_table(*roots: str | Path) -> pl.DataFrame:
-    """Every `metrics.json` under the given run or multirun directories, one row each."""
-    rows = []
+def load_runs(*roots: str | Path) -> list[dict]:
+    """Every `metrics.json` under the given run or multirun directories, in launch order;
+    each dict also holds its run directory under `_path`."""
+    runs = []
     for root in roots:
         root = Path(root)
         files = [root] if root.is_file() else sorted(root.rglob("metrics.json"), key=_job_order)
         for path in files:
             with open(path) as fh:
                 metrics = json.load(fh)
-            run_dir = path.parent
-            rows.append(_row(metrics, str(run_dir), str(run_dir.parent), _overrides(run_dir)))
+            metrics["_path"] = str(path.parent)
+            runs.append(metrics)
+    return runs
+
+
+def runs_table(*roots: str | Path) -> pl.DataFrame:
+    """Every `metrics.json` under the given run or multirun directories, one row each."""
+    rows = []
+    for metrics in load_runs(*roots):
+        run_dir = Path(metrics.pop("_path"))
+        rows.append(_row(metrics, str(run_dir), str(run_dir.parent), _overrides(run_dir)))
     if not rows:
         where = ", ".join(str(r) for r in roots)
         raise UserError(f"no metrics.json under {where}; point it at a run or multirun directory")
