@@ -6,6 +6,8 @@ import torch
 from tempint.data.batch import Interactions
 from tempint.data.features import partner_history
 from tempint.models.deepred import DeePRed
+from tests.streams import assert_reset_replays_the_same, hand_made
+from tests.streams import replay as replay_outputs
 
 NUM_USERS, NUM_ITEMS = 3, 4
 
@@ -16,17 +18,10 @@ def make_stream(events: list[tuple[int, int, float]], k: int = 3) -> Interaction
     user, item, t = user.astype(np.int64), item.astype(np.int64), t.astype(np.float64)
     uh, uh_dt = partner_history(user, item, t, k)
     ih, ih_dt = partner_history(item, user, t, k)
-    n = len(events)
-    return Interactions(
-        user=torch.from_numpy(user),
-        item=torch.from_numpy(item),
-        t=torch.from_numpy(t),
-        state_label=torch.zeros(n, dtype=torch.long),
-        delta_user=torch.zeros(n),
-        delta_item=torch.zeros(n),
-        prev_item=torch.full((n,), -1),
-        cyclic=torch.zeros(n, 4),
-        index=torch.arange(n),
+    return hand_made(
+        torch.from_numpy(user),
+        torch.from_numpy(item),
+        torch.from_numpy(t),
         user_history=torch.from_numpy(uh),
         user_history_dt=torch.from_numpy(uh_dt).float() / 10,
         item_history=torch.from_numpy(ih),
@@ -45,11 +40,7 @@ def model(**kwargs) -> DeePRed:
 
 def replay(m: DeePRed, stream: Interactions, size: int = 3) -> list[torch.Tensor]:
     """Query/candidate distances of consecutive batches of `size`, state carried."""
-    out = []
-    with torch.no_grad():
-        for lo in range(0, len(stream), size):
-            out.append(distances(m(stream.select(torch.arange(lo, min(lo + size, len(stream)))))))
-    return out
+    return replay_outputs(m, stream, size, read=distances)
 
 
 def distances(out) -> torch.Tensor:
@@ -135,12 +126,8 @@ def test_buffer_keeps_the_latest_interaction_whatever_the_row_order():
 
 
 def test_reset_and_replay_reproduce_the_scores():
-    stream = make_stream(EVENTS)
     m = model().eval()
-    first = replay(m, stream)
-    m.reset_state()
-    second = replay(m, stream)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert_reset_replays_the_same(m, make_stream(EVENTS), read=distances)
     assert {"item_short", "item_index"} <= set(m.state_dict())
 
 

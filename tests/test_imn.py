@@ -6,24 +6,13 @@ import torch
 from tempint.data.batch import Interactions
 from tempint.errors import ConfigError
 from tempint.models.imn import IterativeMemoryNetwork, MultiWayAttention, multiway_features
+from tests.streams import assert_reset_replays_the_same, hand_made, replay
 
 NUM_USERS, NUM_ITEMS = 3, 6
 
 
 def make_stream(events: list[tuple[int, int, float]]) -> Interactions:
-    user, item, t = (list(c) for c in zip(*events))
-    n = len(events)
-    return Interactions(
-        user=torch.tensor(user),
-        item=torch.tensor(item),
-        t=torch.tensor(t, dtype=torch.float64),
-        state_label=torch.zeros(n, dtype=torch.long),
-        delta_user=torch.zeros(n),
-        delta_item=torch.zeros(n),
-        prev_item=torch.full((n,), -1),
-        cyclic=torch.zeros(n, 4),
-        index=torch.arange(n),
-    )
+    return hand_made(*(list(c) for c in zip(*events)))
 
 
 # every user walks the items in a cycle, offset by twice its id
@@ -34,14 +23,6 @@ def model(**kwargs) -> IterativeMemoryNetwork:
     torch.manual_seed(0)
     kwargs = {"dim": 8, "length": 4, "attention_hidden": 5, "num_negatives": 3} | kwargs
     return IterativeMemoryNetwork(NUM_USERS, NUM_ITEMS, **kwargs)
-
-
-def replay(m: IterativeMemoryNetwork, stream: Interactions, size: int = 3) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [
-            m(stream.select(torch.arange(lo, min(lo + size, len(stream))))).scores
-            for lo in range(0, len(stream), size)
-        ]
 
 
 def test_multiway_features_have_the_documented_layout():
@@ -110,12 +91,8 @@ def test_full_evaluation_is_the_paper_score_of_each_candidate():
 
 
 def test_reset_and_replay_reproduce_the_scores():
-    stream = make_stream(EVENTS)
     m = model().eval()
-    first = replay(m, stream)
-    m.reset_state()
-    second = replay(m, stream)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert_reset_replays_the_same(m, make_stream(EVENTS))
     assert {"seq_item", "seq_t"} <= set(m.state_dict())
 
 

@@ -6,6 +6,7 @@ import torch
 
 from tempint.data.batch import Interactions
 from tempint.models.tlstm import TimeAwareLSTM, fm_pool, time_aware_gates
+from tests.streams import assert_reset_replays_the_same, hand_made, replay
 
 NUM_USERS, NUM_ITEMS = 3, 5
 
@@ -18,18 +19,14 @@ def make_stream(events: list[tuple[int, int, float]]) -> Interactions:
         gap.append((t - last_t[u]) / 10 if u in last_t else 0.0)
         last_item[u], last_t[u] = i, t
     user, item, t = (list(c) for c in zip(*events))
-    n = len(events)
     angle = 2 * math.pi * torch.tensor(t, dtype=torch.float64) / 40
-    return Interactions(
-        user=torch.tensor(user),
-        item=torch.tensor(item),
-        t=torch.tensor(t, dtype=torch.float64),
-        state_label=torch.zeros(n, dtype=torch.long),
+    return hand_made(
+        user,
+        item,
+        t,
         delta_user=torch.tensor(gap),
-        delta_item=torch.zeros(n),
         prev_item=torch.tensor(prev),
         cyclic=torch.stack((angle.cos(), angle.sin(), angle.cos(), angle.sin()), 1).float(),
-        index=torch.arange(n),
     )
 
 
@@ -40,14 +37,6 @@ EVENTS = [(u, (u + step) % NUM_ITEMS, 3.0 * step + u) for step in range(10) for 
 def model(**kwargs) -> TimeAwareLSTM:
     torch.manual_seed(0)
     return TimeAwareLSTM(NUM_USERS, NUM_ITEMS, dim=8, attention_size=3, **kwargs)
-
-
-def replay(m: TimeAwareLSTM, stream: Interactions, size: int = 3) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [
-            m(stream.select(torch.arange(lo, min(lo + size, len(stream))))).scores
-            for lo in range(0, len(stream), size)
-        ]
 
 
 def test_time_aware_gates_follow_the_formulas():
@@ -132,12 +121,8 @@ def test_repeated_user_in_a_step_reads_once_and_keeps_its_last_row():
 
 
 def test_reset_and_replay_reproduce_the_scores():
-    stream = make_stream(EVENTS)
     m = model().eval()
-    first = replay(m, stream)
-    m.reset_state()
-    second = replay(m, stream)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert_reset_replays_the_same(m, make_stream(EVENTS))
     buffers = {"h", "c", "ring_h", "ring_x", "ring_count", "pending_item", "pending_prev"}
     assert buffers <= set(m.state_dict())
 
