@@ -1,10 +1,12 @@
 """DeePRed on tiny hand-made streams: histories, co-attention, buffer, training."""
 
 import numpy as np
+import pytest
 import torch
 
 from tempint.data.batch import Interactions
 from tempint.data.features import partner_history
+from tempint.errors import ConfigError
 from tempint.models.deepred import DeePRed
 from tests.streams import assert_reset_replays_the_same, hand_made
 from tests.streams import replay as replay_outputs
@@ -115,6 +117,8 @@ def test_buffer_keeps_the_latest_interaction_whatever_the_row_order():
         forward(stream)
         backward(stream.select(torch.arange(len(stream) - 1, -1, -1)))
     torch.testing.assert_close(forward.item_short, backward.item_short)
+    torch.testing.assert_close(forward.user_short, backward.user_short)
+    assert forward.user_index.tolist() == [15, 16, 17]
     last = {}
     for n, (_, i, _) in enumerate(EVENTS):
         last[i] = n
@@ -128,7 +132,7 @@ def test_buffer_keeps_the_latest_interaction_whatever_the_row_order():
 def test_reset_and_replay_reproduce_the_scores():
     m = model().eval()
     assert_reset_replays_the_same(m, make_stream(EVENTS), read=distances)
-    assert {"item_short", "item_index"} <= set(m.state_dict())
+    assert {"item_short", "item_index", "user_short", "user_index"} <= set(m.state_dict())
 
 
 def test_training_lowers_the_loss():
@@ -148,19 +152,46 @@ def test_training_lowers_the_loss():
     assert set(m(stream).losses) == {"objective", "orthogonality"}
 
 
-def test_a_contiguous_step_with_repeats_scores_as_single_interactions_do():
-    """Repeated items in a step get per-row tables: exact whatever the step."""
-    stream = make_stream(EVENTS + [(0, 2, 20.0), (1, 2, 21.0), (2, 0, 22.0), (0, 2, 23.0)])
-    one_by_one = torch.cat(replay(model().eval(), stream, size=1))
+def test_latest_query_is_the_users_short_term_embedding_from_its_last_interaction():
+    """u(t) of the user's previous interaction, the vector trained to meet that item."""
+    stream = make_stream(EVENTS)
     m = model().eval()
+    with torch.no_grad():
+        m(stream.select(torch.arange(6)))  # each user's first two interactions
+        u_second = m.user_short.clone()
+        out = m(stream.select(torch.arange(6, 9)))
+    torch.testing.assert_close(out.query, u_second)
+    assert not torch.allclose(out.query, m.embedding.weight[:3])  # not the long-term E(u)
+    # the history query is the self-attention over the partners, another vector
+    h = model(query="history").eval()
+    with torch.no_grad():
+        h(stream.select(torch.arange(6)))
+        assert not torch.allclose(h(stream.select(torch.arange(6, 9))).query, out.query)
+
+
+@pytest.mark.parametrize("query", ["latest", "history"])
+def test_a_contiguous_step_with_repeats_scores_as_single_interactions_do(query):
+    """Repeated users and items in a step: exact whatever the step."""
+    stream = make_stream(EVENTS + [(0, 2, 20.0), (1, 2, 21.0), (2, 0, 22.0), (0, 2, 23.0)])
+    one_by_one = torch.cat(replay(model(query=query).eval(), stream, size=1))
+    m = model(query=query).eval()
     whole = torch.cat(replay(m, stream, size=len(stream)))
     torch.testing.assert_close(whole, one_by_one)
+    shuffled = model(query=query).eval()
     with torch.no_grad():
-        out = model().eval()(stream)
+        out = shuffled(stream.select(torch.arange(len(stream) - 1, -1, -1)))
+    torch.testing.assert_close(distances(out).flip(0), one_by_one)
+    with torch.no_grad():
+        out = model(query=query).eval()(stream)
     assert out.candidates.shape == (len(stream), NUM_ITEMS, 8)
     # a step without repeats keeps the shared table
     with torch.no_grad():
         assert m(stream.select(torch.arange(3))).candidates.shape == (NUM_ITEMS, 8)
+
+
+def test_unknown_query_is_a_config_error():
+    with pytest.raises(ConfigError, match="model.query"):
+        model(query="future")
 
 
 def test_reads_only_its_history_k_partners():

@@ -10,6 +10,7 @@ import torch
 from tempint.data.batch import Interactions
 from tempint.models.repeat_aware import RepeatAware
 from tempint.models.static import StaticEmbedding
+from tests.streams import assert_reset_replays_the_same, hand_made, replay
 
 
 def batch(users, items, t, prev):
@@ -73,3 +74,17 @@ def test_training_loss_is_the_mixture_nll_plus_the_base_losses(model):
     assert {"nll", "base/objective"} <= set(out.losses)
     out.loss.backward()
     assert model.base.user.weight.grad is not None
+
+
+def test_trend_follows_what_is_popular_now_and_reset_clears_every_count(model):
+    """The explore side's "popular now" counts decay with time; a reset replays the same."""
+    model.eval()
+    day = 86_400.0
+    stream = hand_made([0, 1, 2, 0, 1], [5, 5, 5, 1, 1], [0.0, 1.0, 2.0, 3 * day, 3 * day + 1])
+    replay(model, stream, size=5)
+    # item 5 had three interactions three days ago, item 1 two just now: 1 is the trend
+    trend = model.trend.current()
+    assert trend[1] > trend[5] > 0 and trend[0] == 0
+    model.reset_state()
+    assert model.trend.current().sum() == 0 and model.count.sum() == 0
+    assert_reset_replays_the_same(model, stream, size=2)

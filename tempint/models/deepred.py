@@ -16,9 +16,10 @@ from tempint.data.batch import Interactions
 from tempint.errors import ConfigError
 from tempint.models.base import InteractionModel, Output
 
-__all__ = ["DeePRed", "POOLINGS"]
+__all__ = ["DeePRed", "POOLINGS", "QUERIES"]
 
 POOLINGS = ("max", "mean")
+QUERIES = ("latest", "history")
 # Below tanh's range: a masked alignment entry never wins a max.
 _BELOW_TANH = -2.0
 # Finite "minus infinity" for masked softmax logits: rows with nothing valid stay finite.
@@ -64,15 +65,20 @@ class DeePRed(InteractionModel):
     batch size, and it forbids the trivial solution of the first term (every embedding
     collapsing onto one point, where VᵀV has rank one).
 
-    Ranking: the query is u(t) from the user's history (self-attention). An item's
-    candidate is i(t') from its latest interaction t' < t, kept in a buffer written after
-    scoring (from the co-attention of that interaction, i.e. from the item's own history);
-    an item without one yet uses E(item). When an item occurs several times in a batch,
-    the row with the largest stream index wins, and a buffer row is only replaced by a
-    later interaction, so the buffer does not depend on the order of rows in a batch and
-    shuffled training leaves each item's latest embedding in it. Outside training, a step
-    that repeats an item gives each row its own table [B, I, d] (`_step_tables`), so any
-    contiguous step is scored as if its interactions came one by one (`exact_any_step`).
+    Ranking: an item's candidate is i(t') from its latest interaction t' < t, kept in a
+    buffer written after scoring (from the co-attention of that interaction, i.e. from the
+    item's own history); an item without one yet uses E(item). The user's query
+    (`query`) is either `latest`, u(t'') from the user's own latest interaction t'' < t,
+    kept the same way (the embedding the objective trained to meet that interaction's
+    item, so the query and the candidates come from the same trained map), or `history`,
+    the self-attention over the user's history before t (never itself in the objective).
+    When a node occurs several times in a batch, the row with the largest stream index
+    wins, and a buffer row is only replaced by a later interaction, so the buffers do not
+    depend on the order of rows in a batch and shuffled training leaves each node's latest
+    embedding in them. A row whose user occurred earlier in the same batch reads that
+    row's u(t). Outside training, a step that repeats an item gives each row its own table
+    [B, I, d] (`_step_tables`), so any contiguous step is scored as if its interactions
+    came one by one (`exact_any_step`).
     """
 
     scorers = ("l2", "dot")
@@ -91,10 +97,13 @@ class DeePRed(InteractionModel):
         dropout: float = 0.1,
         objective_weight: float = 1.0,
         orthogonality_weight: float = 0.01,
+        query: str = "latest",
     ) -> None:
         super().__init__(num_users, num_items)
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling '{pooling}' is unknown; known: max, mean (model.pooling)")
+        if query not in QUERIES:
+            raise ConfigError(f"query '{query}' is unknown; known: latest, history (model.query)")
         if int(dim) < 1 or int(history_k) < 1:
             raise ConfigError(
                 f"model.dim={dim}, model.history_k={history_k}: both must be at least 1"
@@ -104,6 +113,7 @@ class DeePRed(InteractionModel):
         self.dim = int(dim)
         self.history_k = int(history_k)
         self.pooling = pooling
+        self.query_kind = query
         self.objective_weight = float(objective_weight)
         self.orthogonality_weight = float(orthogonality_weight)
         self.embedding = nn.Embedding(num_users + num_items, self.dim)
@@ -114,12 +124,16 @@ class DeePRed(InteractionModel):
         self.register_buffer("item_short", torch.zeros(num_items, self.dim))
         # stream index of the interaction each item_short row comes from, -1 for none
         self.register_buffer("item_index", torch.full((num_items,), -1, dtype=torch.long))
+        self.register_buffer("user_short", torch.zeros(num_users, self.dim))
+        self.register_buffer("user_index", torch.full((num_users,), -1, dtype=torch.long))
 
     # ---- stream state ------------------------------------------------------------------
 
     def reset_state(self) -> None:
         self.item_short.zero_()
         self.item_index.fill_(-1)
+        self.user_short.zero_()
+        self.user_index.fill_(-1)
 
     def detach_state(self) -> None:
         """Nothing to cut: the buffer is written detached, the model has no recurrence."""
@@ -200,13 +214,13 @@ class DeePRed(InteractionModel):
         u_t = torch.where(has_u, torch.where(has_i, co_u, alone_u), own_u)
         i_t = torch.where(has_i, torch.where(has_u, co_i, alone_i), own_i)
 
-        query = torch.where(has_u, alone_u, own_u)
+        query = self._query(batch, u_t.detach(), torch.where(has_u, alone_u, own_u))
         long_term = self.embedding.weight[num_users:]
         candidates = torch.where(self.item_index[:, None] >= 0, self.item_short, long_term)
         if not self.training:
             candidates = self._step_tables(batch, i_t.detach(), candidates)
         losses = self._losses(u_t, i_t) if self.training else {}
-        self._remember(batch, i_t.detach())
+        self._remember(batch, u_t.detach(), i_t.detach())
         return Output(query=query, candidates=candidates, losses=losses)
 
     def _losses(self, u_t: Tensor, i_t: Tensor) -> dict[str, Tensor]:
@@ -246,13 +260,40 @@ class DeePRed(InteractionModel):
         return tables
 
     @torch.no_grad()
-    def _remember(self, batch: Interactions, i_t: Tensor) -> None:
-        """Keep i(t) of each item's latest interaction so far (largest stream index)."""
-        latest = self.item_index.clone()
-        latest.scatter_reduce_(0, batch.item, batch.index, reduce="amax")
-        rows = (latest[batch.item] == batch.index).nonzero().squeeze(1)
-        self.item_short.index_copy_(0, batch.item[rows], i_t[rows])
-        self.item_index.copy_(latest)
+    def _query(self, batch: Interactions, u_t: Tensor, from_history: Tensor) -> Tensor:
+        """Each row's query [B, d] from the user's state strictly before the row."""
+        if self.query_kind == "history":
+            return from_history
+        users = batch.user
+        stored = self.user_index[users] >= 0
+        long_term = self.embedding.weight[users]
+        query = torch.where(stored[:, None], self.user_short[users], long_term)
+        previous = _previous_row(users, batch.index)
+        earlier = previous >= 0
+        return torch.where(earlier[:, None], u_t[previous.clamp(min=0)], query)
+
+    @torch.no_grad()
+    def _remember(self, batch: Interactions, u_t: Tensor, i_t: Tensor) -> None:
+        """Keep u(t) and i(t) of each node's latest interaction so far (largest index)."""
+        for nodes, short, table, index in (
+            (batch.user, u_t, self.user_short, self.user_index),
+            (batch.item, i_t, self.item_short, self.item_index),
+        ):
+            latest = index.clone()
+            latest.scatter_reduce_(0, nodes, batch.index, reduce="amax")
+            rows = (latest[nodes] == batch.index).nonzero().squeeze(1)
+            table.index_copy_(0, nodes[rows], short[rows])
+            index.copy_(latest)
+
+
+def _previous_row(key: Tensor, index: Tensor) -> Tensor:
+    """Row of the latest earlier interaction (by stream index) with the same key, -1 for none."""
+    order = index.argsort()
+    grouped = order[torch.sort(key[order], stable=True).indices]  # by key, time inside
+    same = key[grouped[1:]] == key[grouped[:-1]]
+    previous = torch.full_like(key, -1)
+    previous[grouped[1:][same]] = grouped[:-1][same]
+    return previous
 
 
 def _pool(hidden: Tensor, score: Tensor, valid: Tensor) -> Tensor:

@@ -19,12 +19,13 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.models.base import InteractionModel, Output
+from tempint.models.heuristics import RecentPopularity
 
 __all__ = ["RepeatAware", "pair_features"]
 
 HOUR = 3600.0
-NUM_PAIR_FEATURES = 11
-NUM_EXPLORE_FEATURES = 3
+NUM_PAIR_FEATURES = 12
+NUM_EXPLORE_FEATURES = 4
 NUM_GATE_FEATURES = 6
 
 
@@ -44,14 +45,16 @@ def pair_features(
     affinity: Tensor,
     transitions: Tensor,
     stay_rate: Tensor,
+    trend: Tensor,
 ) -> Tensor:
-    """[B, I, 11] features of every (user, item) pair from the stream before now.
+    """[B, I, 12] features of every (user, item) pair from the stream before now.
 
     `last_t` [B, I] time of the pair's latest interaction (-inf if none), `count` [B, I]
     its number of interactions, `t` [B] now, `prev_item` [B] (-1 if none), `affinity`
     [B, I] the base model's score, `transitions` [B, I] how often any user went from
     this user's previous item to the item, `stay_rate` [B] how often this user repeated
-    its previous item. Recency rank matters beside age: Wikipedia editors alternate
+    its previous item, `trend` [I] the log of each item's time-decayed interaction count
+    (what is popular now). Recency rank matters beside age: Wikipedia editors alternate
     between two pages, so "the one before last" is a pattern of its own.
     """
     seen = torch.isfinite(last_t)
@@ -76,6 +79,7 @@ def pair_features(
             torch.log1p(transitions),
             transitions / out_degree,
             is_last * stay_rate[:, None],
+            trend.expand_as(affinity),
         ],
         dim=-1,
     )
@@ -98,12 +102,15 @@ class RepeatAware(InteractionModel):
         hidden: int = 32,
         base_loss_weight: float = 1.0,
         temperature: float = 10.0,
+        trend_decay_seconds: float = 86_400.0,
     ):
         super().__init__(num_users, num_items)
         self.base = base(num_users=num_users, num_items=num_items)
         if not set(self.base.scorers) & {"dot", "native"}:
             raise ValueError(f"{type(self.base).__name__} gives neither embeddings nor scores")
         self.base_loss_weight = float(base_loss_weight)
+        # what is popular now, the `recent_popularity` heuristic's decayed counts
+        self.trend = RecentPopularity(num_users, num_items, trend_decay_seconds)
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
         self.repeat_scorer = nn.Sequential(
             nn.Linear(NUM_PAIR_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1)
@@ -128,6 +135,7 @@ class RepeatAware(InteractionModel):
     # ---- state ---------------------------------------------------------------------------
     def reset_state(self) -> None:
         self.base.reset_state()
+        self.trend.reset_state()
         self.last_t.fill_(float("-inf"))
         self.count.zero_()
         self.transitions.zero_()
@@ -175,6 +183,7 @@ class RepeatAware(InteractionModel):
         transitions = self.transitions[prev] * (batch.prev_item >= 0).float()[:, None]
         total = self.user_total[batch.user]
         stay_rate = (self.user_stays[batch.user] + 1.0) / (total + 2.0)
+        trend = torch.log1p(self.trend.current()).float()
         feats = pair_features(
             last_t,
             count,
@@ -183,6 +192,7 @@ class RepeatAware(InteractionModel):
             affinity,
             transitions,
             stay_rate,
+            trend,
         )
         repeat_logits = self.repeat_scorer(feats).squeeze(-1).masked_fill(~seen, float("-inf"))
         p_repeat = torch.where(
@@ -191,12 +201,14 @@ class RepeatAware(InteractionModel):
             torch.zeros_like(affinity),
         )
         # explore: items the user has not had (all items if the user has had every item),
-        # scored by the base model, where other users went next, and popularity
+        # scored by the base model, where other users went next, and popularity (all-time
+        # and now)
         explore_in = torch.stack(
             [
                 affinity,
                 torch.log1p(transitions),
                 torch.log1p(self.popularity).expand_as(affinity),
+                trend.expand_as(affinity),
             ],
             dim=-1,
         )
@@ -247,6 +259,7 @@ class RepeatAware(InteractionModel):
             torch.ones(int(has_prev.sum()), device=items.device),
         )
         self.popularity.index_add_(0, items, torch.ones_like(repeat))
+        self.trend.observe(batch)
         flat = users * self.num_items + items
         self.last_t.view(-1).scatter_reduce_(0, flat, t, reduce="amax")
         self.count.view(-1).index_add_(0, flat, torch.ones_like(t, dtype=self.count.dtype))
