@@ -74,10 +74,10 @@ def eval_kind(model, dm, scorer: str, mode: str) -> str:
     """The evaluation chunks a model replays: contiguous, blocks or exact steps."""
     from tempint.eval.protocol import can_rank_blocks
 
-    if getattr(model, "exact_any_step", False):
-        return "contiguous"
     if not dm.windowed and can_rank_blocks(model, scorer, mode):
         return "blocks"
+    if getattr(model, "exact_any_step", False):
+        return "contiguous"
     if not dm.windowed and mode == "frozen" and getattr(model, "per_user_state", False):
         return "users"
     return "eval"

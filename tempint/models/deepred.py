@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tempint.data.batch import Interactions
+from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
 from tempint.models.base import InteractionModel, Output
 
@@ -78,13 +78,16 @@ class DeePRed(InteractionModel):
     embedding in them. A row whose user occurred earlier in the same batch reads that
     row's u(t). Outside training, a step that repeats an item gives each row its own table
     [B, I, d] (`_step_tables`), so any contiguous step is scored as if its interactions
-    came one by one (`exact_any_step`).
+    came one by one (`exact_any_step`). A frozen block replay (`Chunk.block`) skips those
+    tables: its steps hold each node once and the block is ranked afterwards against the
+    item rows as of each interaction's position (`tempint.eval.blocks`).
     """
 
     scorers = ("l2", "dot")
     # any contiguous step is scored exactly (see `_step_tables`): an evaluator may use long
     # contiguous steps instead of steps without repeated users or items
     exact_any_step = True
+    block_scorers = ("l2", "dot")
 
     def __init__(
         self,
@@ -96,7 +99,7 @@ class DeePRed(InteractionModel):
         learn_theta: bool = True,
         dropout: float = 0.1,
         objective_weight: float = 1.0,
-        orthogonality_weight: float = 0.01,
+        orthogonality_weight: float = 0.1,
         query: str = "latest",
     ) -> None:
         super().__init__(num_users, num_items)
@@ -126,6 +129,7 @@ class DeePRed(InteractionModel):
         self.register_buffer("item_index", torch.full((num_items,), -1, dtype=torch.long))
         self.register_buffer("user_short", torch.zeros(num_users, self.dim))
         self.register_buffer("user_index", torch.full((num_users,), -1, dtype=torch.long))
+        self._in_block = False  # a frozen block replay: rank later from the written rows
 
     # ---- stream state ------------------------------------------------------------------
 
@@ -137,6 +141,16 @@ class DeePRed(InteractionModel):
 
     def detach_state(self) -> None:
         """Nothing to cut: the buffer is written detached, the model has no recurrence."""
+
+    def begin_chunk(self, chunk: Chunk) -> None:
+        self._in_block = chunk.block and not torch.is_grad_enabled()
+
+    def end_chunk(self, chunk: Chunk) -> None:
+        self._in_block = False
+
+    def candidate_table(self) -> Tensor:
+        long_term = self.embedding.weight[self.num_users :]
+        return torch.where(self.item_index[:, None] >= 0, self.item_short, long_term)
 
     # ---- encoder and attention ---------------------------------------------------------
 
@@ -215,8 +229,10 @@ class DeePRed(InteractionModel):
         i_t = torch.where(has_i, torch.where(has_u, co_i, alone_i), own_i)
 
         query = self._query(batch, u_t.detach(), torch.where(has_u, alone_u, own_u))
-        long_term = self.embedding.weight[num_users:]
-        candidates = torch.where(self.item_index[:, None] >= 0, self.item_short, long_term)
+        if self._in_block:
+            self._remember(batch, u_t.detach(), i_t.detach())
+            return Output(query=query, written=i_t.detach())
+        candidates = self.candidate_table()
         if not self.training:
             candidates = self._step_tables(batch, i_t.detach(), candidates)
         losses = self._losses(u_t, i_t) if self.training else {}
