@@ -113,6 +113,19 @@ def test_interactions_select_keeps_every_column(dm):
     assert np.array_equal(part.cyclic.numpy(), dm.stream.cyclic[[3, 1]].numpy())
 
 
+def test_interactions_concat_is_the_select_of_both_parts(dm):
+    a, b = torch.tensor([5, 2]), torch.tensor([7])
+    joined = Interactions.concat([dm.stream.select(a), dm.stream.select(b)])
+    whole = dm.stream.select(torch.cat((a, b)))
+    for name, value in vars(whole).items():
+        got = getattr(joined, name)
+        if isinstance(value, dict):
+            assert value.keys() == got.keys()
+            assert all(torch.equal(value[k], got[k]) for k in value)
+        else:
+            assert (value is None and got is None) or torch.equal(value, got), name
+
+
 def test_negative_history_is_a_config_error():
     with pytest.raises(ConfigError, match="data.history_k"):
         InteractionDataModule(synthetic={"shape": "tiny"}, history_k=-1)

@@ -7,6 +7,7 @@ structure indexed by positions, so models never see the stream itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import torch
@@ -85,6 +86,20 @@ class Interactions:
             else:
                 out[f.name] = value[idx]
         return Interactions(**out)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Interactions]) -> Interactions:
+        """The rows of several structures one after another (they share their columns)."""
+        out = {}
+        for f in fields(cls):
+            values = [getattr(p, f.name) for p in parts]
+            if values[0] is None:
+                out[f.name] = None
+            elif f.name == "tags":
+                out[f.name] = {k: torch.cat([v[k] for v in values]) for k in values[0]}
+            else:
+                out[f.name] = torch.cat(values)
+        return cls(**out)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Interactions:
         if self.user.device == torch.device(device):

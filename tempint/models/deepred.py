@@ -129,7 +129,9 @@ class DeePRed(InteractionModel):
         self.register_buffer("item_index", torch.full((num_items,), -1, dtype=torch.long))
         self.register_buffer("user_short", torch.zeros(num_users, self.dim))
         self.register_buffer("user_index", torch.full((num_users,), -1, dtype=torch.long))
-        self._in_block = False  # a frozen block replay: rank later from the written rows
+        # a frozen block's (u(t), i(t), history query), by stream index - _block_start
+        self._block_rows: tuple[Tensor, Tensor, Tensor] | None = None
+        self._block_start = 0
 
     # ---- stream state ------------------------------------------------------------------
 
@@ -143,10 +145,24 @@ class DeePRed(InteractionModel):
         """Nothing to cut: the buffer is written detached, the model has no recurrence."""
 
     def begin_chunk(self, chunk: Chunk) -> None:
-        self._in_block = chunk.block and not torch.is_grad_enabled()
+        """A frozen block: encode all its rows at once (one GRU call, not one per step)."""
+        self._block_rows = None
+        if not chunk.block or torch.is_grad_enabled():
+            return
+        rows = Interactions.concat(chunk.steps)
+        start = int(rows.index.min())
+        slot = rows.index - start
+        span = int(slot.max()) + 1
+        tables = []
+        for values in self.short_term(rows):
+            table = values.new_zeros(span, values.shape[1])
+            table[slot] = values
+            tables.append(table)
+        self._block_rows = tuple(tables)
+        self._block_start = start
 
     def end_chunk(self, chunk: Chunk) -> None:
-        self._in_block = False
+        self._block_rows = None
 
     def candidate_table(self) -> Tensor:
         long_term = self.embedding.weight[self.num_users :]
@@ -206,6 +222,26 @@ class DeePRed(InteractionModel):
                 "DeePRed reads each side's recent partners but the batch has no history "
                 "columns; build them with data.history_k >= model.history_k"
             )
+        if self._block_rows is not None:  # a frozen block, encoded in begin_chunk
+            u_t, i_t, from_history = (x[batch.index - self._block_start] for x in self._block_rows)
+            query = self._query(batch, u_t, from_history)
+            self._remember(batch, u_t, i_t)
+            return Output(query=query, written=i_t)
+        u_t, i_t, from_history = self.short_term(batch)
+        query = self._query(batch, u_t.detach(), from_history)
+        candidates = self.candidate_table()
+        if not self.training:
+            candidates = self._step_tables(batch, i_t.detach(), candidates)
+        losses = self._losses(u_t, i_t) if self.training else {}
+        self._remember(batch, u_t.detach(), i_t.detach())
+        return Output(query=query, candidates=candidates, losses=losses)
+
+    def short_term(self, batch: Interactions) -> tuple[Tensor, Tensor, Tensor]:
+        """u(t), i(t) and the user's history query [B, d] of each row.
+
+        They read only the rows' history columns and the parameters, never the stream
+        state, so any rows can be encoded together, in any order.
+        """
         size = len(batch)
         num_users = self.num_users
         k = self.history_k  # the data may hold more partners than the model reads
@@ -221,23 +257,19 @@ class DeePRed(InteractionModel):
 
         own = self.dropout(self.embedding(torch.cat((batch.user, batch.item + num_users))))
         own_u, own_i = own[:size], own[size:]
-        alone = self.self_attention(hidden, valid)
+        # self-attention only where it is read: a side whose partner has no history, and
+        # the user side when the query is the history's
+        need = torch.cat((~has_i[:, 0] | (self.query_kind == "history"), ~has_u[:, 0]))
+        rows = need.nonzero().squeeze(1)
+        alone = hidden.new_zeros(2 * size, self.dim)
+        if rows.numel():
+            alone = alone.index_copy(0, rows, self.self_attention(hidden[rows], valid[rows]))
         alone_u, alone_i = alone[:size], alone[size:]
         co_u, co_i = self.co_attention(f_u, valid_u, f_i, valid_i)
         # no own history -> long-term embedding; no partner history -> self-attention
         u_t = torch.where(has_u, torch.where(has_i, co_u, alone_u), own_u)
         i_t = torch.where(has_i, torch.where(has_u, co_i, alone_i), own_i)
-
-        query = self._query(batch, u_t.detach(), torch.where(has_u, alone_u, own_u))
-        if self._in_block:
-            self._remember(batch, u_t.detach(), i_t.detach())
-            return Output(query=query, written=i_t.detach())
-        candidates = self.candidate_table()
-        if not self.training:
-            candidates = self._step_tables(batch, i_t.detach(), candidates)
-        losses = self._losses(u_t, i_t) if self.training else {}
-        self._remember(batch, u_t.detach(), i_t.detach())
-        return Output(query=query, candidates=candidates, losses=losses)
+        return u_t, i_t, torch.where(has_u, alone_u, own_u)
 
     def _losses(self, u_t: Tensor, i_t: Tensor) -> dict[str, Tensor]:
         losses = {"objective": self.objective_weight * (u_t - i_t).pow(2).sum(-1).mean()}
