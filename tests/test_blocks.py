@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import tempint.eval.blocks as blocks
+import tempint.models.deepred as deepred
 from tempint.data.samplers import TBatchSampler, block_plans, user_step_plans
 from tempint.eval.blocks import ItemVersions
 from tempint.eval.protocol import StreamEvaluator, can_rank_blocks, run_stream
@@ -100,6 +101,7 @@ MODELS = {
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_block_ranking_equals_a_one_interaction_at_a_time_replay(name, monkeypatch):
     monkeypatch.setattr(blocks, "SUB_BLOCK", 5)  # several sub-blocks per block
+    monkeypatch.setattr(deepred, "_ENCODE_ROWS", 3)  # a block encoded in several parts
     torch.manual_seed(0)
     dm = datamodule_for(repeating_stream(), TBatchSampler(4), eval_max_batch_size=1, history_k=4)
     model = MODELS[name](dm.num_users, dm.num_items)

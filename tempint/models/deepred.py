@@ -24,6 +24,8 @@ QUERIES = ("latest", "history")
 _BELOW_TANH = -2.0
 # Finite "minus infinity" for masked softmax logits: rows with nothing valid stay finite.
 _MASKED = -1e4
+# Rows of a frozen block encoded together: large enough to fill the GRU's matmuls.
+_ENCODE_ROWS = 2048
 
 
 class DeePRed(InteractionModel):
@@ -152,12 +154,16 @@ class DeePRed(InteractionModel):
             return
         rows = Interactions.concat(chunk.steps)
         start = int(rows.index.min())
-        slot = rows.index - start
-        span = int(slot.max()) + 1
+        span = int(rows.index.max()) - start + 1
+        parts = []
+        for lo in range(0, len(rows), _ENCODE_ROWS):  # bounds the [rows, k, k] alignments
+            part = rows.select(torch.arange(lo, min(lo + _ENCODE_ROWS, len(rows))))
+            parts.append((part.index - start, self.short_term(part)))
         tables = []
-        for values in self.short_term(rows):
-            table = values.new_zeros(span, values.shape[1])
-            table[slot] = values
+        for n in range(3):  # u(t), i(t), history query, each [span, d] by stream position
+            table = parts[0][1][n].new_zeros(span, self.dim)
+            for slot, values in parts:
+                table[slot] = values[n]
             tables.append(table)
         self._block_rows = tuple(tables)
         self._block_start = start
