@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 # A block's predictions may be [rows, items] (JODIE's one-hot part): rows × items ≤ this.
 BLOCK_ENTRIES = 1 << 24
 
-
 # Interactions per chunk of per-user steps (`user_step_plans`): a step's size is bounded
 # by eval_max_batch_size whatever the chunk, so this only bounds the plan's memory.
 USER_BLOCK_ROWS = 8192
@@ -282,7 +281,9 @@ class InteractionDataModule(L.LightningDataModule):
     def user_plans(self, stage: str) -> list[ChunkPlan]:
         """Steps with no user twice, items free: for models whose state is per user only."""
         rows = self._rows(stage)
-        return user_step_plans(self._users, rows.start, rows.stop, 8192, self.eval_max_batch_size)
+        return user_step_plans(
+            self._users, rows.start, rows.stop, USER_BLOCK_ROWS, self.eval_max_batch_size
+        )
 
     def contiguous_plans(self, stage: str, size: int | None = None) -> list[ChunkPlan]:
         """Plain consecutive steps, for models whose scores are exact whatever a step holds."""

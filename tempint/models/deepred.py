@@ -153,17 +153,17 @@ class DeePRed(InteractionModel):
         if not chunk.block or torch.is_grad_enabled():
             return
         rows = Interactions.concat(chunk.steps)
+        encoded = [  # in parts: bounds the [rows, k, k] alignments
+            self.short_term(rows.select(torch.arange(lo, min(lo + _ENCODE_ROWS, len(rows)))))
+            for lo in range(0, len(rows), _ENCODE_ROWS)
+        ]
         start = int(rows.index.min())
-        span = int(rows.index.max()) - start + 1
-        parts = []
-        for lo in range(0, len(rows), _ENCODE_ROWS):  # bounds the [rows, k, k] alignments
-            part = rows.select(torch.arange(lo, min(lo + _ENCODE_ROWS, len(rows))))
-            parts.append((part.index - start, self.short_term(part)))
+        slot = rows.index - start
         tables = []
-        for n in range(3):  # u(t), i(t), history query, each [span, d] by stream position
-            table = parts[0][1][n].new_zeros(span, self.dim)
-            for slot, values in parts:
-                table[slot] = values[n]
+        for column in zip(*encoded):  # u(t), i(t), history query: [span, d] by position
+            values = torch.cat(column)
+            table = values.new_zeros(int(slot.max()) + 1, self.dim)
+            table[slot] = values
             tables.append(table)
         self._block_rows = tuple(tables)
         self._block_start = start
@@ -293,19 +293,20 @@ class DeePRed(InteractionModel):
 
         Row n sees the table before the step overlaid with i(t) of the step's rows that
         precede it in time (the latest one per item): exactly the buffer an interaction-by-
-        interaction replay would hold. Queries read no state, so with these tables every
-        contiguous step is scored exactly, repeats or not.
+        interaction replay would hold. Queries read the user's state as of their own row
+        (`_query`), so with these tables every contiguous step is scored exactly, repeats
+        or not.
         """
         size = len(batch)
         order = batch.index.argsort()  # time order
         item = batch.item[order]
-        grouped = torch.sort(item, stable=True).indices  # time order inside each item
-        same = item[grouped[1:]] == item[grouped[:-1]]
-        if not bool(same.any()):
+        position = torch.arange(size, device=item.device)
+        previous = _previous_row(item, position)  # in time-order positions
+        later = (previous >= 0).nonzero().squeeze(1)
+        if later.numel() == 0:
             return table
         following = torch.full((size,), size, dtype=torch.long, device=item.device)
-        following[grouped[:-1][same]] = grouped[1:][same]  # next row of the same item
-        position = torch.arange(size, device=item.device)
+        following[previous[later]] = later  # next row of the same item
         # [p, q]: row q precedes row p and is the latest row of its item before p
         reader, writer = (
             (position[None, :] < position[:, None]) & (following[None, :] >= position[:, None])
