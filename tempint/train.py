@@ -84,7 +84,7 @@ def eval_kind(model, dm, scorer: str, mode: str) -> str:
 
 
 def evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None = None) -> dict:
-    """The protocol of DESIGN.md on a trained module whose memory is at the end of training.
+    """The evaluation protocol (docs/architecture.md) on a trained module whose memory is at the end of training.
 
     Online evaluation steps with the optimiser of `cfg.optimizer`, resumed from
     `optimizer_state` (the checkpoint's) when given, as JODIE's evaluation reloads the
