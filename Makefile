@@ -30,12 +30,12 @@ bench-quick: ## a subset of the benchmark, under 3 minutes
 	$(PYTHON) bench/run.py --quick $(ARGS)
 
 lint: ## ruff check and format check
-	ruff check tempint tests bench
-	ruff format --check tempint tests bench
+	ruff check tempint tests bench examples
+	ruff format --check tempint tests bench examples
 
 format: ## apply ruff fixes and formatting
-	ruff check --fix tempint tests bench
-	ruff format tempint tests bench
+	ruff check --fix tempint tests bench examples
+	ruff format tempint tests bench examples
 
 clean: ## remove caches, outputs and build files
 	rm -rf outputs multirun .pytest_cache .ruff_cache build *.egg-info .torch-constraint.txt

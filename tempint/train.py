@@ -340,6 +340,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Console script `tempint-train`: exit 2 with one sentence on a user mistake."""
+    # a model config may name a module of the project it is run from (`examples.gru4rec`),
+    # as `python -m` would find it
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
     try:
         check_cli_overrides(sys.argv[1:])
         import hydra
