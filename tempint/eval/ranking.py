@@ -56,7 +56,8 @@ def score_output(output: Output, scorer: str, model_name: str | None = None) -> 
                 f"scorer 'native' needs a model with native scores; {who} gives embeddings; "
                 "use eval.scorer=dot or l2"
             )
-        return output.scores
+        scores = output.scores
+        return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     if output.query is None or output.candidates is None:
         gives = "native scores only" if output.scores is not None else "no embeddings"
         raise ConfigError(

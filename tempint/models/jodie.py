@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import InteractionModel, Output, exact_scores
 from tempint.models.memory import LocalMemory, MemoryState
 
 __all__ = ["JODIE", "CoupledUpdate", "REDUCTIONS"]
@@ -660,7 +660,8 @@ class JODIE(InteractionModel):
         out = Output(query=query[:, : self.dim])
         if self._scoring():
             out.candidates = self._item_table(batch)
-            out.scores = self._native_scores(query, out.candidates)
+            with exact_scores(query.device):  # expanded distances in bf16 tie tens of items
+                out.scores = self._native_scores(query.float(), out.candidates.float())
         if torch.is_grad_enabled():
             out.losses = self._losses(query, user, item, new_user, new_item, rows)
         self._write(batch, step, new_user, new_item)
