@@ -355,9 +355,7 @@ class InteractionDataModule(L.LightningDataModule):
         return self._loader(lambda epoch: self.chunks(self.train_plans(epoch)), pin)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(
-            lambda epoch: self.eval_chunks("val", self.val_kind, self._device())
-        )
+        return self._loader(lambda epoch: self.eval_chunks("val", self.val_kind, self._device()))
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(lambda epoch: self.eval_chunks("test", device=self._device()))
