@@ -26,6 +26,7 @@ __all__ = [
     "bare_cell_rate",
     "measure_reference",
     "measure_eval_scaling",
+    "measure_precision",
     "run_spec",
 ]
 
@@ -286,6 +287,31 @@ def measure_eval_scaling(
     return {"model": model, "num_users": num_users, "points": points}
 
 
+def measure_precision(
+    models: list[str],
+    shape: str,
+    sampler: str,
+    precisions: list[str],
+    epochs: int = 1,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Each model trained and evaluated once per `trainer.precision`, in this one process,
+    so the ratios compare runs on the same machine under the same load. The first
+    precision is the reference of the ratios."""
+    rows = []
+    for model in models:
+        runs = {}
+        for precision in precisions:
+            try:
+                runs[precision] = measure_training(
+                    model, shape, sampler, epochs, device, [f"trainer.precision={precision}"]
+                )
+            except Exception as err:  # noqa: BLE001 - one failing precision is one entry
+                runs[precision] = {"error": f"{type(err).__name__}: {err}"}
+        rows.append({"model": model, "runs": runs})
+    return {"shape": shape, "sampler": sampler, "precisions": list(precisions), "rows": rows}
+
+
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Run one case described by a JSON-able spec; machine and peak memory added."""
     device = spec.get("device", "cpu")
@@ -310,6 +336,15 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             spec["items"],
             spec.get("num_users", 2_000),
             spec.get("model", "limnet"),
+            device,
+        )
+    elif kind == "precision":
+        out = measure_precision(
+            spec["models"],
+            spec["shape"],
+            spec["sampler"],
+            spec["precisions"],
+            spec.get("epochs", 1),
             device,
         )
     else:

@@ -70,6 +70,8 @@ SCALING = {
     "quick": {"interactions": [20_000, 40_000], "items": [500, 2_000]},
 }
 REFERENCE = {"interactions": 126_000, "batch_size": 1024}
+# models trained once per precision in one process (ratios to float32 in one run)
+PRECISION = {"models": ("jodie", "limnet"), "precisions": ("32", "bf16-mixed")}
 
 
 # ---- what to run ---------------------------------------------------------------------
@@ -230,6 +232,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-reference", action="store_true", help="skip the bare-arithmetic reference")
     p.add_argument("--no-scaling", action="store_true", help="skip the evaluation scaling grid")
+    p.add_argument(
+        "--no-precision", action="store_true", help="skip the float32 vs bf16-mixed comparison"
+    )
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        default=list(PRECISION["precisions"]),
+        help="trainer.precision values compared (the first is the reference)",
+    )
     p.add_argument("--case", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -295,6 +306,8 @@ def _label(spec: dict) -> str:
         return f"bare GRU cells d={spec['dims']}"
     if spec["kind"] == "scaling":
         return f"{spec['model']} evaluation scaling"
+    if spec["kind"] == "precision":
+        return f"{'+'.join(spec['models'])} in {' vs '.join(spec['precisions'])}"
     return f"{spec['model']}/{spec['sampler']}/{spec['shape']}"
 
 
@@ -308,6 +321,9 @@ def _record(results: dict, spec: dict, r: dict) -> None:
         results["reference"] = r
     elif spec["kind"] == "scaling":
         results["scaling"] = r
+    elif spec["kind"] == "precision":
+        r.pop("peak_rss_bytes", None)
+        results["precision"] = r
     else:
         rate = (results["reference"].get("rates") or {}).get(str(r.get("dim")))
         if r["status"] == "ok" and rate and r.get("learned"):
@@ -344,12 +360,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reference": {"status": "skipped"},
         "cases": [],
         "scaling": {"status": "skipped"},
+        "precision": {"status": "skipped"},
     }
     jobs: list[dict] = []  # the reference first: every case's ratio needs it
     if not args.no_reference:
         dims = sorted({d for m in models if (d := model_dim(m)) is not None}) or [32]
         jobs.append({"kind": "reference", "dims": dims, **REFERENCE})
     jobs += [{"kind": "train", **case, "epochs": args.epochs} for case in plan]
+    precision_models = [m for m in PRECISION["models"] if m in models]
+    if not args.no_precision and precision_models and len(args.precisions) > 1:
+        jobs.append(
+            {
+                "kind": "precision",
+                "models": precision_models,
+                "shape": shapes[0],
+                "sampler": "tbatch",
+                "precisions": list(args.precisions),
+                "epochs": args.epochs,
+            }
+        )
     if not args.no_scaling:
         sizes = SCALING["quick" if args.quick else "full"]
         jobs.append({"kind": "scaling", "model": "limnet", **sizes})

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["TARGETS", "check_targets", "case_checks", "scaling_ratios", "render"]
+__all__ = [
+    "TARGETS",
+    "check_targets",
+    "case_checks",
+    "scaling_ratios",
+    "precision_section",
+    "render",
+]
 
 GIB = 2**30
 EVAL_MIN = 5_000.0  # frozen-evaluation interactions per second, every model
@@ -193,6 +200,48 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+def precision_section(precision: dict) -> list[str]:
+    """Epoch time, evaluation rate and test MRR per `trainer.precision`, with the ratio to
+    the first precision (all measured in one process, one after the other)."""
+    if precision.get("status") != "ok":
+        return [
+            f"not measured ({precision.get('status', 'skipped')}: {precision.get('error', '')})"
+        ]
+    names = precision["precisions"]
+    ref = names[0]
+    lines = [
+        f"{precision['shape']}, {precision['sampler']}, one process per table: each model "
+        f"trained and evaluated in {', '.join(names)}; ratios are to {ref} (below 1: slower "
+        "for epoch rate, lower for evaluation rate).",
+        "",
+    ]
+    header = ["model", "precision", "epoch s", "epoch rate ×", "eval int/s", "eval ×", "test MRR"]
+    rows = []
+    for row in precision["rows"]:
+        base = row["runs"].get(ref) or {}
+        for name in names:
+            run = row["runs"].get(name) or {}
+            if "error" in run or "seconds_per_epoch" not in run:
+                rows.append([row["model"], name, run.get("error", "not run"), "", "", "", ""])
+                continue
+            speed = eval_ratio = ""
+            if "seconds_per_epoch" in base:
+                speed = f"{base['seconds_per_epoch'] / run['seconds_per_epoch']:.2f}"
+                eval_ratio = f"{run['eval_interactions_per_second'] / base['eval_interactions_per_second']:.2f}"
+            rows.append(
+                [
+                    row["model"],
+                    name,
+                    f"{run['seconds_per_epoch']:.1f}",
+                    speed,
+                    f"{run['eval_interactions_per_second']:,.0f}",
+                    eval_ratio,
+                    f"{run['test_mrr']:.4f}",
+                ]
+            )
+    return lines + _table(header, rows)
+
+
 def render(results: dict) -> str:
     """The markdown report of a results dict (as written to results.json)."""
     lines = ["# tempint benchmark", ""]
@@ -271,6 +320,8 @@ def render(results: dict) -> str:
         lines.append(
             f"not measured ({scaling.get('status', 'skipped')}: {scaling.get('error', '')})"
         )
+    lines += ["", "## Mixed precision", ""]
+    lines += precision_section(results.get("precision") or {})
     lines += ["", "## Targets", ""]
     rows = [[t["target"], t["measured"], MARK[t["passed"]]] for t in check_targets(cases)]
     lines += _table(["target", "measured", "met"], rows)

@@ -9,7 +9,14 @@ from omegaconf import DictConfig
 
 from tempint.errors import ConfigError
 
-__all__ = ["CONF_DIR", "check_cli_overrides", "validate_config", "group_options"]
+__all__ = [
+    "CONF_DIR",
+    "PRECISIONS",
+    "check_cli_overrides",
+    "check_trainer",
+    "validate_config",
+    "group_options",
+]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -97,3 +104,38 @@ def validate_config(cfg: DictConfig) -> None:
         value = eval_cfg.get(key)
         if value is not None and value not in allowed:
             raise ConfigError(f"eval.{key}={value!r} is unknown; use one of {', '.join(allowed)}")
+    check_trainer(cfg.get("trainer") or {})
+
+
+# `trainer.precision` values a run accepts: true half precision would keep memory rows and
+# optimiser moments in 16 bits, which the stream's long accumulations do not survive.
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
+
+
+def check_trainer(trainer) -> None:
+    """One process on one device, in a precision the module supports.
+
+    Refused here, before Lightning starts anything: a multi-device trainer would launch
+    its processes (and their process group) before the module could say no.
+    """
+    precision = trainer.get("precision")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision!r} is not supported; use one of {', '.join(PRECISIONS)}"
+        )
+    devices = trainer.get("devices", 1)
+    many = isinstance(devices, bool) or devices in (-1, "-1", "auto")
+    if not many and isinstance(devices, int):
+        many = devices > 1
+    elif not many and isinstance(devices, str):
+        many = "," in devices.strip(",") or (devices.isdigit() and int(devices) > 1)
+    elif not many and devices is not None:  # a list of device indices
+        many = len(list(devices)) > 1
+    strategy = str(trainer.get("strategy") or "auto").lower()
+    nodes = trainer.get("num_nodes") or 1
+    if many or nodes != 1 or any(name in strategy for name in ("ddp", "fsdp", "deepspeed")):
+        raise ConfigError(
+            f"trainer.devices={devices!r}, trainer.num_nodes={nodes!r}, trainer.strategy="
+            f"{strategy!r} asks for several processes, but memory models run one device per "
+            "job; set trainer.devices=1 and parallelise with a sweep (hydra/launcher=slurm)"
+        )

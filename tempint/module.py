@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import lightning as L
 import numpy as np
@@ -17,7 +18,19 @@ from tempint.errors import ConfigError, UserError
 from tempint.eval.protocol import StreamEvaluator, score_chunk
 from tempint.models.base import InteractionModel
 
-__all__ = ["InteractionModule", "NumericalFault"]
+__all__ = ["InteractionModule", "NumericalFault", "fused_allowed"]
+
+MIXED = ("bf16-mixed", "16-mixed")
+
+
+def fused_allowed(precision: str | int | None) -> bool:
+    """Whether the optimiser may run fused: only in full precision.
+
+    A fused Adam unscales 16-mixed gradients inside its step, after the module has clipped
+    them (so it would clip scaled ones), and Lightning refuses clipping with it under any
+    mixed precision; its gain (one kernel per step) is the smaller matter.
+    """
+    return str(precision) not in MIXED
 
 
 class NumericalFault(UserError):
@@ -59,6 +72,8 @@ class InteractionModule(L.LightningModule):
         self._epoch_train_seconds = 0.0
         self._snapshot: dict[str, Tensor] | None = None
         self._evaluator: StreamEvaluator | None = None
+        self._unchecked_loss: tuple[Tensor, Tensor, str] | None = None
+        self.fit_threads: int | None = None
 
     # ---- set-up ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -68,17 +83,60 @@ class InteractionModule(L.LightningModule):
                 f"{self.trainer.world_size}; set trainer.devices=1 and parallelise with a sweep"
             )
 
+    def on_fit_start(self) -> None:
+        self.fit_threads = torch.get_num_threads()
+
+    def training_precision(self) -> str:
+        """The trainer's precision ("32-true", "bf16-mixed", ...); 32-true when detached."""
+        trainer = self._trainer
+        return str(trainer.precision) if trainer is not None else "32-true"
+
+    def build_optimizer(self, params: list[Tensor], factory: Callable | None = None):
+        """The configured optimiser over `params`, fused only where `fused_allowed` says so
+        (the one place that decides it, for training and online evaluation alike)."""
+        factory = self.optimizer_factory if factory is None else factory
+        keywords = getattr(factory, "keywords", None) or {}
+        if keywords.get("fused") and not fused_allowed(self.training_precision()):
+            return factory(params, fused=False)
+        return factory(params)
+
+    @contextmanager
+    def evaluating(self) -> Iterator[torch.device]:
+        """The device, autocast and CPU threads the module trained with, for the final
+        evaluation: Lightning's teardown moves the module to the CPU after `fit`, and
+        validation during fit ran under the precision plugin's autocast, so without this
+        the reported numbers would be computed elsewhere and otherwise than the ones that
+        chose the checkpoint. A module never attached to a trainer stays as it is."""
+        trainer = self._trainer
+        if trainer is None:
+            yield self.device
+            return
+        device = trainer.strategy.root_device
+        self.to(device)
+        threads = torch.get_num_threads()
+        if self.fit_threads:
+            torch.set_num_threads(self.fit_threads)
+        try:
+            with trainer.precision_plugin.forward_context():
+                yield device
+        finally:
+            torch.set_num_threads(threads)
+
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params or self.optimizer_factory is None or not self.model.learned:
             return None
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.build_optimizer(params)
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
-        return batch.to(device) if isinstance(batch, Chunk) else batch
+        if not isinstance(batch, Chunk):
+            return batch
+        # host-to-device copies from pinned memory (the datamodule pins on CUDA) overlap
+        # with the work already queued; the other direction must stay blocking
+        return batch.to(device, non_blocking=torch.device(device).type == "cuda")
 
     # ---- training ---------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -115,32 +173,56 @@ class InteractionModule(L.LightningModule):
         self.model.detach_state()
 
     def optimizer_step_on(self, loss: Tensor, batch_idx: int | None = None) -> None:
-        if not torch.isfinite(loss):
-            where = (
-                f"epoch {self.current_epoch}, batch {batch_idx}"
-                if batch_idx is not None
-                else "evaluation"
-            )
-            raise NumericalFault(
-                f"the training loss became {float(loss.detach())} at {where}; the last good checkpoint "
-                "is intact; lower optimizer.lr or set gradient_clip"
-            )
+        """Backward and one optimiser step; gradients are clipped in
+        `on_before_optimizer_step`, where the precision plugin has unscaled them.
+
+        The loss is checked for NaN/inf once per chunk, one chunk late: reading the flag
+        of this chunk now would wait for its forward pass, stalling an accelerator at
+        every step. A bad chunk is still caught before the next step, validation or
+        checkpoint (`check_loss`), so the last good checkpoint is never overwritten.
+        """
+        self.check_loss()
+        where = (
+            f"epoch {self.current_epoch}, batch {batch_idx}"
+            if batch_idx is not None
+            else "evaluation"
+        )
+        self._unchecked_loss = (torch.isfinite(loss.detach()), loss.detach(), where)
         optimizer = self.optimizers()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        optimizer.step()
+
+    def check_loss(self) -> None:
+        """Raise NumericalFault if the last unchecked training loss was NaN or infinite."""
+        if self._unchecked_loss is None:
+            return
+        finite, loss, where = self._unchecked_loss
+        self._unchecked_loss = None
+        if not bool(finite):
+            raise NumericalFault(
+                f"the training loss became {float(loss)} at {where}; the last good checkpoint "
+                "is intact; lower optimizer.lr or set gradient_clip"
+            )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip here: Lightning calls this after its 16-mixed scaler unscaled the gradients
+        (clipping before `optimizer.step()` would clip the scaled ones)."""
         if self.gradient_clip:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self.gradient_clip, gradient_clip_algorithm="norm"
             )
-        optimizer.step()
 
     def _stop_epoch_clock(self) -> None:
         """Training time of the epoch, taken once: validation runs before the epoch ends."""
         if self._epoch_clock_running:
+            if self.device.type == "cuda":  # queued kernels belong to this epoch
+                torch.cuda.synchronize(self.device)
             self._epoch_train_seconds = time.perf_counter() - self._epoch_start
             self._epoch_clock_running = False
 
     def on_train_epoch_end(self) -> None:
+        self.check_loss()
         self._stop_epoch_clock()
         seconds = self._epoch_train_seconds
         self.epoch_seconds.append(seconds)
@@ -156,6 +238,7 @@ class InteractionModule(L.LightningModule):
         return dict(self.model.named_buffers())
 
     def on_validation_epoch_start(self) -> None:
+        self.check_loss()
         if getattr(self, "_epoch_clock_running", False):
             self._stop_epoch_clock()
         self._snapshot = {k: v.detach().clone() for k, v in self._state().items()}
@@ -184,6 +267,7 @@ class InteractionModule(L.LightningModule):
 
     # ---- checkpoints carry the training-epoch timings -------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_loss()  # a NaN step must not reach a checkpoint
         checkpoint["tempint"] = {
             "epoch_seconds": list(self.epoch_seconds),
             "train_interactions": self.train_interactions,

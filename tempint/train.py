@@ -55,8 +55,8 @@ def _warm_baselines(names, dm, device) -> dict:
                     baseline(step)
         out[name] = (
             baseline,
-            lambda: dm.eval_chunks("val", "exact"),
-            lambda: dm.eval_chunks("test", "exact"),
+            lambda: dm.eval_chunks("val", "exact", device),
+            lambda: dm.eval_chunks("test", "exact", device),
         )
     return out
 
@@ -86,52 +86,72 @@ def eval_kind(model, dm, scorer: str, mode: str) -> str:
 def evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None = None) -> dict:
     """The evaluation protocol (docs/architecture.md) on a trained module whose memory is at the end of training.
 
-    Online evaluation steps with the optimiser of `cfg.optimizer`, resumed from
-    `optimizer_state` (the checkpoint's) when given, as JODIE's evaluation reloads the
-    optimiser with the model: a fresh Adam's first steps are full-size and shake the
-    weights the evaluation is meant to judge.
+    Runs on the device, under the autocast and with the CPU threads of training
+    (`InteractionModule.evaluating`), so the reported numbers are computed as the
+    validation that chose the checkpoint was. Online evaluation steps with the optimiser
+    of `cfg.optimizer`, resumed from `optimizer_state` (the checkpoint's) when given, as
+    JODIE's evaluation reloads the optimiser with the model: a fresh Adam's first steps
+    are full-size and shake the weights the evaluation is meant to judge.
     """
-    import torch
     from hydra.utils import instantiate
 
     from tempint.eval.protocol import evaluate
 
-    device = module.device
-    model = module.model
-    online_step = None
-    online_window = None
-    if cfg.eval.mode == "online" and model.learned:
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = instantiate(cfg.optimizer)(params)
-        if optimizer_state is not None:
-            optimizer.load_state_dict(optimizer_state)
-        clip = cfg.get("gradient_clip")
+    with module.evaluating() as device:
+        model = module.model
+        online_step = None
+        online_window = None
+        if cfg.eval.mode == "online" and model.learned:
+            params = [p for p in model.parameters() if p.requires_grad]
+            optimizer = module.build_optimizer(params, instantiate(cfg.optimizer))
+            if optimizer_state is not None:
+                optimizer.load_state_dict(optimizer_state)
+            online_step = _online_stepper(module, optimizer, params, cfg.get("gradient_clip"))
+            t = dm.stream.t
+            online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
+        baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
+        kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode)
+        return evaluate(
+            model,
+            lambda: dm.eval_chunks("val", kind, device),
+            lambda: dm.eval_chunks("test", kind, device),
+            scorer=cfg.eval.scorer,
+            ties=cfg.eval.ties,
+            mode=cfg.eval.mode,
+            device=device,
+            online_step=online_step,
+            online_window=online_window,
+            baselines=baselines,
+        )
 
-        def online_step(loss):
-            if not torch.isfinite(loss):
-                raise UserError(f"the loss became {float(loss)} during online evaluation")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip:
-                torch.nn.utils.clip_grad_norm_(params, clip)
+
+def _online_stepper(module, optimizer, params, clip: float | None):
+    """One gradient step of online evaluation, as training takes it: backward outside
+    autocast, the loss scaled under 16-mixed and the gradients unscaled before clipping."""
+    import torch
+
+    device = module.device
+    scaler = None
+    if module.training_precision() == "16-mixed":
+        scaler = torch.amp.GradScaler(device.type)
+
+    def step(loss):
+        if not torch.isfinite(loss):
+            raise UserError(f"the loss became {float(loss)} during online evaluation")
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=False):
+            (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
             optimizer.step()
 
-        t = dm.stream.t
-        online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
-    baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
-    kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode)
-    return evaluate(
-        model,
-        lambda: dm.eval_chunks("val", kind),
-        lambda: dm.eval_chunks("test", kind),
-        scorer=cfg.eval.scorer,
-        ties=cfg.eval.ties,
-        mode=cfg.eval.mode,
-        device=device,
-        online_step=online_step,
-        online_window=online_window,
-        baselines=baselines,
-    )
+    return step
 
 
 def _load_best(module, checkpoint_cb) -> tuple[str | None, dict | None]:

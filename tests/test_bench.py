@@ -283,3 +283,38 @@ def test_main_runs_cases_in_fresh_processes_and_writes_the_report(tmp_path):
     assert results["machine"]["threads"] == 1
     assert results["reference"]["status"] == "ok"
     assert "| recency | tbatch | tiny |" in (tmp_path / "results.md").read_text()
+
+
+def test_precision_case_trains_each_model_in_each_precision_in_one_process():
+    out = cases.measure_precision(["limnet"], "tiny", "tbatch", ["32", "bf16-mixed"])
+    runs = out["rows"][0]["runs"]
+    assert set(runs) == {"32", "bf16-mixed"}
+    for run_ in runs.values():
+        assert run_["seconds_per_epoch"] > 0 and 0 < run_["test_mrr"] <= 1
+
+
+def test_precision_section_gives_ratios_to_the_first_precision():
+    def run_(seconds, rate, mrr):
+        return {"seconds_per_epoch": seconds, "eval_interactions_per_second": rate, "test_mrr": mrr}
+
+    precision = {
+        "status": "ok",
+        "shape": "wikipedia",
+        "sampler": "tbatch",
+        "precisions": ["32", "bf16-mixed"],
+        "rows": [
+            {
+                "model": "limnet",
+                "runs": {"32": run_(10.0, 8000, 0.5), "bf16-mixed": run_(20.0, 4000, 0.49)},
+            },
+            {
+                "model": "jodie",
+                "runs": {"32": run_(30.0, 9000, 0.6), "bf16-mixed": {"error": "E: x"}},
+            },
+        ],
+    }
+    lines = table.precision_section(precision)
+    assert "| limnet | 32 | 10.0 | 1.00 | 8,000 | 1.00 | 0.5000 |" in lines
+    assert "| limnet | bf16-mixed | 20.0 | 0.50 | 4,000 | 0.50 | 0.4900 |" in lines
+    assert "| jodie | bf16-mixed | E: x |  |  |  |  |" in lines
+    assert "not measured (skipped: )" in table.precision_section({"status": "skipped"})[0]

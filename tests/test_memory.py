@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tempint.models.memory import LocalMemory, MemoryState
+from tempint.models.memory import LocalMemory, MemoryState, last_occurrence
 
 
 def _memory(num_users=4, num_items=3, dim=2):
@@ -171,3 +171,59 @@ def test_commit_keeps_the_latest_window_state():
     local.commit()
     assert memory.user[0].tolist() == [2.0, 2.0]  # window 1 wins over window 0
     assert memory.user_seen.tolist() == [True, False, False, False]  # row 1 is unused (-1)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=[
+            pytest.mark.cuda,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ],
+    ),
+]
+
+
+def test_last_occurrence_points_every_repeat_at_the_last_position():
+    rows = torch.tensor([4, 1, 4, 0, 1, 4])
+    scratch = torch.full((6,), -1)
+    assert last_occurrence(rows, 6, scratch).tolist() == [5, 4, 5, 3, 4, 5]
+    assert scratch.tolist() == [-1] * 6  # left ready for the next write
+    assert last_occurrence(torch.tensor([2, 3]), 6).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("grad", [False, True])
+def test_repeated_rows_keep_the_last_write_by_position(device, grad):
+    """Many repeats of one row in one write, read back in the table, the graph overlay
+    and the candidate table: the last by stream position wins everywhere, and only it
+    receives gradient (the earlier repeats were overwritten)."""
+    memory = MemoryState(num_users=8, num_items=8, dim=3).to(device)
+    rows = torch.tensor([5, 2, 5, 5, 2, 7, 5] * 8, device=device)
+    values = torch.arange(rows.numel() * 3, dtype=torch.float32, device=device).view(-1, 3)
+    values.requires_grad_(grad)
+    memory.write_items(rows, values)
+    last = {5: 55, 2: 53, 7: 54}  # the last position of each row
+    for row, pos in last.items():
+        assert rows[pos].item() == row and (rows[pos + 1 :] != row).all()
+        expected = values[pos].detach()
+        assert torch.equal(memory.item[row], expected)
+        assert torch.equal(memory.read_items(torch.tensor([row], device=device))[0], expected)
+        assert torch.equal(memory.item_table()[row], expected)
+    if grad:
+        memory.read_items(torch.tensor([5, 2, 7], device=device)).sum().backward()
+        used = torch.zeros(rows.numel(), dtype=torch.bool, device=device)
+        used[list(last.values())] = True
+        assert (values.grad[used] == 1).all() and (values.grad[~used] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_window_memory_keeps_the_last_repeat(device):
+    memory = MemoryState(num_users=4, num_items=4, dim=2).to(device)
+    ids = torch.tensor([0, 1, 2, 3], device=device)
+    local = memory.localize(ids, ids, torch.zeros(4, dtype=torch.long, device=device), 1, False)
+    values = torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], device=device)
+    local.write_users(torch.tensor([3, 3, 3], device=device), values)
+    local.commit()
+    assert memory.user[3].tolist() == [3.0, 3.0]

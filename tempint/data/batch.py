@@ -104,15 +104,23 @@ class Interactions:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Interactions:
         if self.user.device == torch.device(device):
             return self
+        return self._apply(lambda x: x.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Interactions:
+        """The columns in page-locked memory, so copies to a GPU can run asynchronously
+        (DataLoader(pin_memory=True) calls this)."""
+        return self._apply(lambda x: x.pin_memory())
+
+    def _apply(self, fn) -> Interactions:
         out = {}
         for f in fields(self):
             value = getattr(self, f.name)
             if value is None:
                 out[f.name] = None
             elif f.name == "tags":
-                out[f.name] = {k: v.to(device, non_blocking=non_blocking) for k, v in value.items()}
+                out[f.name] = {k: fn(v) for k, v in value.items()}
             else:
-                out[f.name] = value.to(device, non_blocking=non_blocking)
+                out[f.name] = fn(value)
         return Interactions(**out)
 
     def with_rows(self, user_row: Tensor, item_row: Tensor) -> Interactions:
@@ -151,12 +159,18 @@ class Chunk:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Chunk:
         if self.steps[0].user.device == torch.device(device):
             return self
+        return self._apply(lambda x: x.to(device, non_blocking=non_blocking))
 
+    def pin_memory(self) -> Chunk:
+        """Every tensor of the chunk in page-locked memory (see `Interactions.pin_memory`)."""
+        return self._apply(lambda x: x.pin_memory())
+
+    def _apply(self, fn) -> Chunk:
         def move(x):
-            return None if x is None else x.to(device, non_blocking=non_blocking)
+            return None if x is None else fn(x)
 
         return Chunk(
-            steps=[s.to(device, non_blocking) for s in self.steps],
+            steps=[s._apply(fn) for s in self.steps],
             local_users=move(self.local_users),
             local_items=move(self.local_items),
             row_window=move(self.row_window),

@@ -306,13 +306,16 @@ class InteractionDataModule(L.LightningDataModule):
     # gathered evaluation chunks are kept when they fit in this many bytes
     EVAL_CACHE_BYTES = 512 * 2**20
 
-    def eval_chunks(self, stage: str, kind: str = "eval") -> Iterable[Chunk]:
+    def eval_chunks(
+        self, stage: str, kind: str = "eval", device: torch.device | str | None = None
+    ) -> Iterable[Chunk]:
         """Evaluation chunks of a split, gathered once and reused by every pass.
 
         `kind`: "eval" (the protocol's steps for this sampler), "exact" (exact steps
-        whatever the sampler), "contiguous" (plain consecutive steps), "blocks"
-        (t-batches of consecutive blocks, for models ranked in blocks) or "users" (steps
-        with no user twice, for models whose state is per user).
+        whatever the sampler), "contiguous" (plain consecutive steps), "blocks" (t-batches
+        of consecutive blocks, for models ranked in blocks) or "users" (steps with no user
+        twice, for models whose state is per user). With `device`, the chunks are kept
+        there: a GPU run copies its evaluation stream once, not at every validation.
         """
         planner = {
             "eval": self.eval_plans,
@@ -321,14 +324,15 @@ class InteractionDataModule(L.LightningDataModule):
             "blocks": self.block_plans,
             "users": self.user_plans,
         }[kind]
-        key = (stage, kind)
+        device = torch.device("cpu" if device is None else device)
+        key = (stage, kind, str(device))
         if key in self._eval_cache:
             return self._eval_cache[key]
         plans = planner(stage)
         rows = sum(p.num_interactions for p in plans)
         if rows * (2 * self.history_k + 24) * 8 > self.EVAL_CACHE_BYTES:
-            return self.chunks(plans)
-        self._eval_cache[key] = list(self.chunks(plans))
+            return (chunk.to(device) for chunk in self.chunks(plans))
+        self._eval_cache[key] = [chunk.to(device) for chunk in self.chunks(plans)]
         return self._eval_cache[key]
 
     # ---- loaders ---------------------------------------------------------------------
@@ -336,15 +340,22 @@ class InteractionDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else 0
 
-    def _loader(self, make_chunks) -> DataLoader:
+    def _device(self) -> torch.device:
+        """The device of the trainer this datamodule serves (the CPU without one)."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def _loader(self, make_chunks, pin_memory: bool = False) -> DataLoader:
         dataset = _ChunkStream(make_chunks, self._current_epoch)
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin_memory)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.chunks(self.train_plans(epoch)))
+        # pinned chunks let the module's non-blocking copies overlap with queued GPU work
+        pin = self._device().type == "cuda"
+        return self._loader(lambda epoch: self.chunks(self.train_plans(epoch)), pin)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_chunks("val", self.val_kind))
+        return self._loader(lambda epoch: self.eval_chunks("val", self.val_kind, self._device()))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_chunks("test"))
+        return self._loader(lambda epoch: self.eval_chunks("test", device=self._device()))

@@ -19,7 +19,7 @@ from tempint.data.batch import TAG_NAMES, Chunk, Interactions
 from tempint.errors import ConfigError
 from tempint.eval.blocks import BlockRanker
 from tempint.eval.ranking import TIES, RankingMetrics, as_floats, rank_bounds, score_output
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import InteractionModel, Output, exact_scores
 
 __all__ = [
     "StreamEvaluator",
@@ -61,34 +61,46 @@ class StreamEvaluator:
         self.flush_every = flush_every
         self._ranks: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in scorers}
         self._tags: list[dict[str, Tensor]] = []
+        self._keep: list[Tensor | None] = []
         self._buffered = 0
         self.count = 0
+        self.device = torch.device(device)
 
     def update(self, output: Output, batch: Interactions, mask: Tensor | None = None) -> None:
+        """Rank the step's true items (those `mask` marks, if given) under every scorer.
+
+        Scores are ranked outside autocast, in float32 or wider, whatever precision the
+        model ran in. On an accelerator the mask is applied when the buffer is flushed,
+        not here: selecting rows by a mask waits for the device at every step.
+        """
         tags = {k: batch.tags[k] for k in self.tags}
         target = batch.item
-        if mask is not None:
-            if not bool(mask.any()):
-                return
+        select = mask is not None and target.device.type == "cpu"
+        if select:
             target = target[mask]
             tags = {k: v[mask] for k, v in tags.items()}
         bounds = {}
-        for scorer in self.metrics:
-            scores = score_output(output, scorer)
-            if mask is not None:
-                scores = scores[mask]
-            bounds[scorer] = rank_bounds(scores, target)
-        self.add_bounds(bounds, tags)
+        with exact_scores(target.device):
+            for scorer in self.metrics:
+                scores = score_output(output, scorer)
+                if select:
+                    scores = scores[mask]
+                bounds[scorer] = rank_bounds(scores, target)
+        self.add_bounds(bounds, tags, None if select else mask)
 
     def add_bounds(
-        self, bounds: Mapping[str, tuple[Tensor, Tensor]], tags: Mapping[str, Tensor]
+        self,
+        bounds: Mapping[str, tuple[Tensor, Tensor]],
+        tags: Mapping[str, Tensor],
+        keep: Tensor | None = None,
     ) -> None:
-        """Buffer the true items' rank bounds (every scorer) and their tags."""
+        """Buffer the true items' rank bounds (every scorer) and their tags; `keep` [B]
+        (bool) marks the rows to count, the others are dropped at the flush."""
         for scorer in self.metrics:
             self._ranks[scorer].append(bounds[scorer])
         self._tags.append(dict(tags))
         n = int(next(iter(bounds.values()))[0].shape[0])
-        self.count += n
+        self._keep.append(keep)
         self._buffered += n
         if self._buffered >= self.flush_every:
             self.flush()
@@ -97,13 +109,27 @@ class StreamEvaluator:
         if not self._buffered:
             return
         tags = {k: torch.cat([t[k] for t in self._tags]) for k in self.tags}
+        keep = None
+        if any(k is not None for k in self._keep):
+            parts = self._ranks[next(iter(self.metrics))]
+            keep = torch.cat(
+                [
+                    torch.ones_like(b, dtype=torch.bool) if k is None else k
+                    for k, (b, _) in zip(self._keep, parts, strict=True)
+                ]
+            )
+            tags = {k: v[keep] for k, v in tags.items()}
         for scorer, metric in self.metrics.items():
             pairs = self._ranks[scorer]
             best = torch.cat([b for b, _ in pairs])
             worst = torch.cat([w for _, w in pairs])
+            if keep is not None:
+                best, worst = best[keep], worst[keep]
             metric.update_ranks(best, worst, tags=tags)
             pairs.clear()
+        self.count += self._buffered if keep is None else int(keep.sum())
         self._tags.clear()
+        self._keep.clear()
         self._buffered = 0
 
     def compute(self) -> dict[str, dict[str, float]]:
@@ -191,7 +217,8 @@ def _rank_block(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
     for step in chunk.steps:
         ranker.add(model(step))
     model.end_chunk(chunk)
-    evaluator.add_bounds(*ranker.rank(chunk))
+    with exact_scores(chunk.steps[0].item.device):
+        evaluator.add_bounds(*ranker.rank(chunk))
 
 
 @torch.no_grad()

@@ -8,6 +8,9 @@ the order in which items happen to be numbered.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from numbers import Integral
 
@@ -56,7 +59,8 @@ def score_output(output: Output, scorer: str, model_name: str | None = None) -> 
                 f"scorer 'native' needs a model with native scores; {who} gives embeddings; "
                 "use eval.scorer=dot or l2"
             )
-        return output.scores
+        scores = output.scores
+        return scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     if output.query is None or output.candidates is None:
         gives = "native scores only" if output.scores is not None else "no embeddings"
         raise ConfigError(
@@ -107,17 +111,18 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         )
     scores = scores.detach()
     true = scores.gather(1, target.long().unsqueeze(1))
+    if not scores.is_floating_point():
+        best = 1 + (scores > true).sum(1)
+        return best, best + (scores == true).sum(1) - 1
     # NaN compares false with everything, so a NaN item already neither beats nor ties a
-    # true score, as -inf would not; only rows whose true score is NaN or -inf (which a
-    # NaN as -inf would tie) need the rewrite
-    if scores.is_floating_point():
-        rows = (true.isnan() | (true == float("-inf"))).squeeze(1)
-        if bool(rows.any()):
-            scores = scores.clone()
-            scores[rows] = torch.where(scores[rows].isnan(), float("-inf"), scores[rows])
-            true = scores.gather(1, target.long().unsqueeze(1))
+    # true score, as -inf would not. A true score that is NaN or -inf ranks as -inf: below
+    # every score above -inf, tied with all the rest (NaN included), so its worst rank is
+    # the catalogue size. Counted without rewriting the scores, and without a host sync.
+    low = true.isnan() | (true == float("-inf"))
+    true = torch.where(low, float("-inf"), true)
     best = 1 + (scores > true).sum(1)
     worst = best + (scores == true).sum(1) - 1
+    worst = torch.where(low.squeeze(1), scores.shape[1], worst)
     return best, worst
 
 
@@ -170,10 +175,16 @@ def ndcg_at_k(rank: Tensor, k: int, worst: Tensor | None = None) -> Tensor:
         r = rank.double()
         return torch.where(r <= k, 1.0 / torch.log2(1.0 + r), torch.zeros_like(r))
     lo, hi = rank.long(), worst.long()
-    positions = torch.arange(1, k + 1, dtype=torch.float64, device=lo.device)
-    cumulative = torch.cat([positions.new_zeros(1), (1.0 / torch.log2(1.0 + positions)).cumsum(0)])
+    cumulative = torch.tensor(_discount_prefix(k), dtype=torch.float64, device=lo.device)
     total = cumulative[hi.clamp(max=k)] - cumulative[(lo - 1).clamp(max=k)]
     return total / (hi - lo + 1).double()
+
+
+@functools.cache
+def _discount_prefix(k: int) -> tuple[float, ...]:
+    """Sums of the DCG discounts 1 / log2(1 + p) for p = 1..j, j = 0..k, in Python floats:
+    the same on every device (a floating cumsum on a GPU is not deterministic)."""
+    return (0.0, *itertools.accumulate(1.0 / math.log2(1.0 + p) for p in range(1, k + 1)))
 
 
 def interaction_metrics(

@@ -16,10 +16,23 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 
-__all__ = ["Output", "InteractionModel", "SCORERS"]
+__all__ = ["Output", "InteractionModel", "SCORERS", "exact_scores", "at_least_float32"]
 
 # How an Output is turned into item scores; "native" uses Output.scores.
 SCORERS = ("dot", "l2", "native")
+
+
+def exact_scores(device: torch.device | str) -> torch.autocast:
+    """Autocast off on `device`: item scores are ranked, and under bf16/fp16 autocast a
+    [B, I] matmul rounds near-equal scores into ties (8 bits of mantissa for bf16), so
+    the rank would depend on the training precision. Inputs must be lifted
+    (`at_least_float32`): outside autocast a bf16 tensor stays bf16."""
+    return torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+
+def at_least_float32(x: Tensor) -> Tensor:
+    """`x` in float32 if it is in a 16-bit float type, else unchanged (float64 stays)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 @dataclass

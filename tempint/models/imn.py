@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
 
 __all__ = [
     "IterativeMemoryNetwork",
@@ -232,7 +232,8 @@ class IterativeMemoryNetwork(InteractionModel):
         if self.training:
             output = Output(losses=self._losses(e, valid, batch.item))
         else:
-            output = Output(scores=self.all_scores(e, valid))
+            with exact_scores(e.device):  # ranked over all items: no bf16 ties
+                output = Output(scores=self.all_scores(at_least_float32(e), valid))
         self._append(batch)
         return output
 

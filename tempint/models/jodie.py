@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output
-from tempint.models.memory import LocalMemory, MemoryState
+from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
+from tempint.models.memory import LocalMemory, MemoryState, last_occurrence
 
 __all__ = ["JODIE", "CoupledUpdate", "REDUCTIONS"]
 
@@ -462,8 +462,10 @@ class JODIE(InteractionModel):
         self, batch: Interactions, step: _PlannedStep | None, user: Tensor, item: Tensor
     ) -> None:
         if step is not None:
-            self._cache.user.index_copy_(0, step.user_slots, user)
-            self._cache.item.index_copy_(0, step.item_slots[:, 0], item)
+            users, items = step.user_slots, step.item_slots[:, 0]  # repeats: the last wins
+            cache = self._cache
+            cache.user.index_copy_(0, users, user[last_occurrence(users, cache.user.shape[0])])
+            cache.item.index_copy_(0, items, item[last_occurrence(items, cache.item.shape[0])])
             if not self._scoring():  # the global table is written back at the chunk's end
                 return
             user, item = user.detach(), item.detach()
@@ -660,7 +662,10 @@ class JODIE(InteractionModel):
         out = Output(query=query[:, : self.dim])
         if self._scoring():
             out.candidates = self._item_table(batch)
-            out.scores = self._native_scores(query, out.candidates)
+            with exact_scores(query.device):  # expanded distances in bf16 tie tens of items
+                out.scores = self._native_scores(
+                    at_least_float32(query), at_least_float32(out.candidates)
+                )
         if torch.is_grad_enabled():
             out.losses = self._losses(query, user, item, new_user, new_item, rows)
         self._write(batch, step, new_user, new_item)

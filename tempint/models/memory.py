@@ -7,7 +7,26 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk
 
-__all__ = ["MemoryState", "LocalMemory"]
+__all__ = ["MemoryState", "LocalMemory", "last_occurrence"]
+
+
+def last_occurrence(rows: Tensor, num_rows: int, scratch: Tensor | None = None) -> Tensor:
+    """For each position p of `rows` [n], the last position q with rows[q] == rows[p].
+
+    A step may hold a node twice (the chrono sampler allows it), and then the later
+    interaction's state is the node's state: gathering `values[last_occurrence(rows)]`
+    before a write gives every repeat of a row the same value, so the write's result no
+    longer depends on which of the repeats an indexed copy applies last (unspecified on
+    a GPU). `scratch` [num_rows] (long, all -1) is reused and left all -1; without it a
+    fresh one is made. No host sync.
+    """
+    if scratch is None:
+        scratch = torch.full((num_rows,), -1, dtype=torch.long, device=rows.device)
+    position = torch.arange(rows.shape[0], device=rows.device)
+    scratch.scatter_reduce_(0, rows, position, reduce="amax")
+    last = scratch[rows]
+    scratch.index_fill_(0, rows, -1)
+    return last
 
 
 class MemoryState(nn.Module):
@@ -253,11 +272,23 @@ class LocalMemory:
 
 class _Fresh:
     """Rows written since the last detach, with their graph: `values` [K, dim] and the
-    position `slot` [rows] of each row's latest write (-1: none since the detach)."""
+    position `slot` [rows] of each row's latest write (-1: none since the detach).
+
+    Also settles repeated rows in one write: the last by position wins, on any device.
+    """
 
     def __init__(self) -> None:
         self.values: Tensor | None = None
         self.slot: Tensor | None = None
+        self._scratch: Tensor | None = None
+
+    def _last(self, rows: Tensor, num_rows: int) -> Tensor:
+        scratch = self._scratch
+        if scratch is None or scratch.shape[0] != num_rows or scratch.device != rows.device:
+            scratch = self._scratch = torch.full(
+                (num_rows,), -1, dtype=torch.long, device=rows.device
+            )
+        return last_occurrence(rows, num_rows, scratch)
 
     def clear(self) -> None:
         if self.values is not None:
@@ -265,20 +296,19 @@ class _Fresh:
             self.values = None
 
     def write(self, rows: Tensor, values: Tensor, num_rows: int) -> Tensor:
-        """Record a write; returns the values the table must store for `rows`."""
+        """Record a write; returns the values the table must store for `rows`, the
+        last repeat's value at every repeat of a row (see `last_occurrence`)."""
+        last = self._last(rows, num_rows)
         if not values.requires_grad:  # nothing to differentiate: the table's value is it
             if self.values is not None:
                 self.slot.index_fill_(0, rows, -1)
-            return values
+            return values[last]
         if self.slot is None or self.slot.shape[0] != num_rows or self.slot.device != rows.device:
             self.slot = torch.full((num_rows,), -1, dtype=torch.long, device=rows.device)
         start = 0 if self.values is None else self.values.shape[0]
         self.values = values if self.values is None else torch.cat((self.values, values))
-        self.slot[rows] = torch.arange(start, start + rows.shape[0], device=rows.device)
-        if rows.device.type == "cpu":  # CPU writes run in order: the last repeat wins in both
-            return values
-        # elsewhere the winner among repeated rows is unspecified: store the slot's winner
-        return self.values[self.slot[rows]]
+        self.slot.index_copy_(0, rows, last + start)  # every repeat writes the same slot
+        return values[last]
 
     def overlay(self, rows: Tensor | None, base: Tensor, cols: slice | None = None) -> Tensor:
         """`base` (rows read from the table) with rows written since the detach replaced

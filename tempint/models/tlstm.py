@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
 
 __all__ = ["TimeAwareLSTM", "TimeAwareLSTMCell", "time_aware_gates", "fm_pool"]
 
@@ -226,7 +226,8 @@ class TimeAwareLSTM(InteractionModel):
         h = torch.where(has_pending, h_new, h_before)
         c = torch.where(has_pending, c_new, c_before)
 
-        scores = self.output(h)
+        with exact_scores(h.device):  # ranked over all items: no bf16 ties
+            scores = self.output(at_least_float32(h))
         losses = {"cross_entropy": F.cross_entropy(scores, batch.item)} if self.training else {}
         self._commit(users, has_pending.squeeze(1), h, c, x, ring_h, ring_x, count)
         self._store(batch)
