@@ -161,6 +161,8 @@ QUIET = (
     (FutureWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
     (DeprecationWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
     (UserWarning, r".*The number of training batches .* is smaller than the logging interval.*"),
+    # a resumed folder holds this run's own checkpoints (the fingerprint says so)
+    (UserWarning, r".*Checkpoint directory .* exists and is not empty.*"),
 )
 
 
@@ -328,8 +330,10 @@ def _finish_wandb() -> None:
         wandb.teardown()
 
 
-# jobs of an in-process multirun that failed: (job, overrides, one-line reason, user mistake)
-_FAILED_JOBS: list[tuple[str, str, str, bool]] = []
+# jobs of an in-process multirun: the overrides of each, and the failed ones as
+# (job, overrides, one-line reason, user mistake)
+_JOB_OVERRIDES: list[list[str]] = []
+_FAILED_JOBS: list[tuple[str, list[str], str, bool]] = []
 
 
 def _user_error(err: BaseException) -> UserError | None:
@@ -376,6 +380,8 @@ def _in_process_multirun() -> bool:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from tempint.interrupt import RunStopped
 
+    if _in_process_multirun():
+        _JOB_OVERRIDES.append(_job_overrides())
     try:
         metrics, _ = train(cfg)
     except RunStopped as stop:
@@ -408,20 +414,34 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else None
 
 
+def _job_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
 def _record_failure(err: BaseException, user_mistake: bool) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    job = HydraConfig.get().job
     reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    _FAILED_JOBS.append((str(job.num), job.override_dirname, reason, user_mistake))
+    _FAILED_JOBS.append((str(HydraConfig.get().job.num), _job_overrides(), reason, user_mistake))
 
 
 def _report_failed_jobs() -> None:
-    """After a multirun: every job ran; name the failed ones and exit non-zero."""
+    """After a multirun: every job ran; name the failed ones by the overrides that set
+    them apart from the other jobs, and exit non-zero (2 when all were user mistakes)."""
     if not _FAILED_JOBS:
         return
-    names = "; ".join(f"job {num} ({over or 'no overrides'}): {why}" for num, over, why, _ in _FAILED_JOBS)
-    print(f"tempint-train: {len(_FAILED_JOBS)} job(s) of the multirun failed: {names}", file=sys.stderr)
+    common = set.intersection(*(set(o) for o in _JOB_OVERRIDES)) if _JOB_OVERRIDES else set()
+    names = "; ".join(
+        f"job {num} ({','.join(o for o in over if o not in common) or 'no overrides'}): {why}"
+        for num, over, why, _ in _FAILED_JOBS
+    )
+    print(
+        f"tempint-train: {len(_FAILED_JOBS)} of {len(_JOB_OVERRIDES)} jobs of the multirun "
+        f"failed: {names}",
+        file=sys.stderr,
+    )
     sys.exit(2 if all(user for *_, user in _FAILED_JOBS) else 1)
 
 
