@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,14 +13,34 @@ from tempint.errors import ConfigError
 
 __all__ = [
     "CONF_DIR",
+    "BASELINE_NAMES",
     "PRECISIONS",
     "check_cli_overrides",
+    "check_output_folder",
     "check_trainer",
     "validate_config",
     "group_options",
 ]
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+# the heuristics `eval.baselines` may list (train.BASELINES maps them to their classes)
+BASELINE_NAMES = ("recency", "popularity", "recent_popularity")
+# model sizes, at any depth of `model` (a wrapped base model too): positive integers
+_MODEL_SIZES = (
+    "dim",
+    "hidden",
+    "layers",
+    "state_hidden",
+    "attention_size",
+    "attention_hidden",
+    "time_buckets",
+    "num_negatives",
+    "length",
+    "iterations",
+    "history_k",
+    "k",
+)
 
 # groups whose option names are file stems under conf/
 _GROUPS = (
@@ -104,7 +126,101 @@ def validate_config(cfg: DictConfig) -> None:
         value = eval_cfg.get(key)
         if value is not None and value not in allowed:
             raise ConfigError(f"eval.{key}={value!r} is unknown; use one of {', '.join(allowed)}")
+    baselines = eval_cfg.get("baselines") or []
+    unknown = [b for b in baselines if b not in BASELINE_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"eval.baselines names unknown heuristics {', '.join(map(str, unknown))}; "
+            f"known: {', '.join(BASELINE_NAMES)}"
+        )
+    windows = eval_cfg.get("online_windows")
+    if windows is not None and (
+        isinstance(windows, bool) or not isinstance(windows, int) or windows < 1
+    ):
+        raise ConfigError(
+            f"eval.online_windows={windows!r} is invalid; expected a positive integer "
+            "(the number of online-evaluation windows over the training time span)"
+        )
+    _check_model(cfg.get("model"), "model")
+    _check_trainer_args(cfg.get("trainer"))
     check_trainer(cfg.get("trainer") or {})
+
+
+def _check_model(node, prefix: str) -> None:
+    """Sizes and cell names at every depth of the model config (a base model's too)."""
+    if not isinstance(node, DictConfig):
+        return
+    for key in node:
+        value = node.get(key)
+        where = f"{prefix}.{key}"
+        if isinstance(value, DictConfig):
+            _check_model(value, where)
+        elif key in _MODEL_SIZES and value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{where}={value!r} is invalid; expected a positive integer")
+        elif key == "cell" and value is not None:
+            from tempint.models.components.cells import CELLS
+
+            if value not in CELLS:
+                raise ConfigError(f"{where}={value!r} is unknown; use one of {', '.join(CELLS)}")
+
+
+def _check_trainer_args(trainer) -> None:
+    """Every `trainer.*` key is an argument of lightning.Trainer: a typo such as
+    `+trainer.max_epoch=1` would otherwise end in a TypeError after loading the data."""
+    if not isinstance(trainer, DictConfig):
+        return
+    import inspect
+
+    from hydra.utils import get_class
+
+    target = trainer.get("_target_") or "lightning.Trainer"
+    known = set(inspect.signature(get_class(target).__init__).parameters) - {"self"}
+    for key in trainer:
+        if key.startswith("_") or key in known:
+            continue
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"did you mean trainer.{close[0]}? " if close else ""
+        raise ConfigError(
+            f"trainer.{key} is not an argument of {target}; {hint}"
+            f"(remove or rename the trainer.{key} override)"
+        )
+
+
+def check_output_folder(argv: Sequence[str]) -> None:
+    """The run (or sweep) folder can take files: not a file, not read-only.
+
+    Checked before Hydra writes its `.hydra/` record there, which would otherwise fail
+    with a traceback. The folder's nearest existing ancestor must be a writable folder.
+    """
+    key = "hydra.sweep.dir" if any(a in ("-m", "--multirun") for a in argv) else "hydra.run.dir"
+    folder = None
+    for arg in argv:
+        name, _, value = arg.lstrip("+").partition("=")
+        if name == key and value:
+            folder = value
+    if folder is None:
+        folder = os.environ.get("TEMPINT_OUTPUT_DIR") or (
+            "multirun" if key == "hydra.sweep.dir" else "outputs"
+        )
+    elif "${" in folder:
+        return  # an interpolation: known only once Hydra resolves it
+    path = Path(folder).expanduser()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            return
+        if probe.is_symlink():
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        what = "names a file" if probe == path else f"lies under the file {probe}"
+        raise ConfigError(f"{key}={folder} {what}; give a folder for the run's outputs")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{key}={folder}: {probe} is not writable (read-only or not yours); "
+            f"choose another {key} or TEMPINT_OUTPUT_DIR"
+        )
 
 
 # `trainer.precision` values a run accepts: true half precision would keep memory rows and

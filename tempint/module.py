@@ -7,6 +7,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -201,8 +202,8 @@ class InteractionModule(L.LightningModule):
         self._unchecked_loss = None
         if not bool(finite):
             raise NumericalFault(
-                f"the training loss became {float(loss)} at {where}; the last good checkpoint "
-                "is intact; lower optimizer.lr or set gradient_clip"
+                f"the training loss became {float(loss)} at {where}; "
+                f"{_checkpoint_note(self._trainer)}; lower optimizer.lr or set gradient_clip"
             )
 
     def on_before_optimizer_step(self, optimizer) -> None:
@@ -272,6 +273,8 @@ class InteractionModule(L.LightningModule):
             "epoch_seconds": list(self.epoch_seconds),
             "train_interactions": self.train_interactions,
             "rng": _rng_state(),
+            # what the run is (config and data); a resume checks it (tempint.resume)
+            "fingerprint": getattr(self, "fingerprint", None),
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -280,6 +283,15 @@ class InteractionModule(L.LightningModule):
         self.train_interactions = int(extra.get("train_interactions", 0))
         if "rng" in extra:
             _set_rng_state(extra["rng"])
+
+
+def _checkpoint_note(trainer) -> str:
+    """What is left to resume from: the last checkpoint if one was written, else nothing."""
+    callback = getattr(trainer, "checkpoint_callback", None) if trainer is not None else None
+    last = getattr(callback, "last_model_path", "") or ""
+    if last and Path(last).exists():
+        return f"the last good checkpoint {last} is intact"
+    return "no checkpoint was written before it, so nothing of this run is kept"
 
 
 def _rng_state() -> dict:

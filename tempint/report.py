@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "--out", default=None, help="folder for leaderboard.md and the figures (PNG)"
     )
     args = parser.parse_args(argv)
-    runs = load_runs(args.path)
+    runs = _load_or_exit(args.path)
     if not runs:
         print(f"tempint-report: no metrics.json under {args.path}", file=sys.stderr)
         sys.exit(2)
@@ -169,6 +169,28 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     if args.out:
         write_report(args.path, args.out, table, f"{args.split}/mrr")
+
+
+def _load_or_exit(path: str) -> list[dict]:
+    """The runs under `path`; one stderr line per skipped file, exit 2 for a missing path."""
+    import warnings
+
+    from tempint.errors import UserError
+    from tempint.results import BadRunFileWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BadRunFileWarning)
+        try:
+            runs = load_runs(path)
+        except UserError as err:
+            print(f"tempint-report: {err}", file=sys.stderr)
+            sys.exit(2)
+    for w in caught:
+        if issubclass(w.category, BadRunFileWarning):
+            print(f"tempint-report: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return runs
 
 
 def write_report(runs_dir: str | Path, out: str | Path, table: str, metric: str) -> list[Path]:

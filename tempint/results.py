@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tempint.errors import UserError
 
 __all__ = [
     "ABLATIONS",
+    "BadRunFileWarning",
     "load_runs",
     "runs_table",
     "runs_from_wandb",
@@ -122,16 +124,41 @@ def _job_order(path: Path) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
 
 
+class BadRunFileWarning(UserWarning):
+    """A metrics.json that cannot be read as a run's results; it is skipped."""
+
+
+def _read_run(path: Path) -> dict | None:
+    """The results of one run, or None (with a warning naming the file) when unreadable:
+    one truncated or emptied file must not hide every other run of a sweep."""
+    try:
+        text = path.read_text()
+        metrics = json.loads(text) if text.strip() else None
+        problem = None if isinstance(metrics, dict) else f"holds {text.strip()[:20]!r}, not a run"
+        if not text.strip():
+            problem = "is empty"
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        problem = f"cannot be read ({str(err).splitlines()[0]})"
+    if problem:
+        warnings.warn(BadRunFileWarning(f"{path} {problem}; skipped"), stacklevel=3)
+        return None
+    return metrics
+
+
 def load_runs(*roots: str | Path) -> list[dict]:
     """Every `metrics.json` under the given run or multirun directories, in launch order;
-    each dict also holds its run directory under `_path`."""
+    each dict also holds its run directory under `_path`. Unreadable files are skipped
+    with a `BadRunFileWarning` each; a root that does not exist is a `UserError`."""
     runs = []
     for root in roots:
         root = Path(root)
+        if not root.exists():
+            raise UserError(f"{root}: no such file or directory; give a run or multirun folder")
         files = [root] if root.is_file() else sorted(root.rglob("metrics.json"), key=_job_order)
         for path in files:
-            with open(path) as fh:
-                metrics = json.load(fh)
+            metrics = _read_run(path)
+            if metrics is None:
+                continue
             metrics["_path"] = str(path.parent)
             runs.append(metrics)
     return runs

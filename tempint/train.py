@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tempint.config import check_cli_overrides, validate_config
+from tempint.config import check_cli_overrides, check_output_folder, validate_config
 from tempint.errors import UserError
 
 __all__ = ["train", "main", "evaluate_module"]
@@ -181,6 +181,8 @@ QUIET = (
     (FutureWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
     (DeprecationWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
     (UserWarning, r".*The number of training batches .* is smaller than the logging interval.*"),
+    # a resumed folder holds this run's own checkpoints (the fingerprint says so)
+    (UserWarning, r".*Checkpoint directory .* exists and is not empty.*"),
 )
 
 
@@ -197,9 +199,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from tempint.callbacks import DivergenceWarning
+    from tempint.fingerprint import run_fingerprint
+    from tempint.interrupt import fit_interruptible
     from tempint.io import atomic_write_json
     from tempint.module import InteractionModule
     from tempint.report import summary_table
+    from tempint.resume import find_resume
 
     if cfg.get("threads"):
         import torch
@@ -228,32 +234,35 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         scorer=cfg.eval.scorer,
     )
     callbacks = _instantiate_all(cfg.get("callbacks"))
+    checkpoint_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     if cfg.get("group") is None:
         with open_dict(cfg):
             cfg.group = _default_group(output_dir)
-    loggers = _instantiate_all(cfg.get("logger"))
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    # what this run is, saved in every checkpoint; a foreign or damaged last.ckpt stops
+    # the run here, before the loggers touch the folder and before any training
+    module.fingerprint = run_fingerprint(resolved, dm.source)
+    resume = None
+    if cfg.get("resume") and checkpoint_cb is not None:
+        resume = find_resume(checkpoint_cb.dirpath, module.fingerprint)
+    loggers = _instantiate_all(cfg.get("logger"))
     for lg in loggers:
+        if resume is not None and hasattr(lg, "keep_history"):
+            lg.keep_history(resume.epoch)  # the epochs before the kill stay in the history
         lg.log_hyperparams(resolved)  # the W&B run's config, the CSV logger's hparams.yaml
+    callbacks.append(DivergenceWarning())
     trainer_overrides: dict[str, Any] = _cluster_plugins()
     if not model.learned:
         trainer_overrides["max_epochs"] = 1  # counting the training stream once is all there is
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides
     )
-    checkpoint_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    resume = None
-    if cfg.get("resume") and checkpoint_cb is not None and checkpoint_cb.dirpath:
-        last = Path(checkpoint_cb.dirpath) / "last.ckpt"
-        resume = str(last) if last.exists() else None
-        if resume:
-            log.info("resuming from %s", resume)
+    if resume is not None:
+        log.info("resuming from %s", resume.path)
 
     fit_start = time.perf_counter()
-    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    fit_interruptible(trainer, module, dm, resume.path if resume else None, checkpoint_cb)
     fit_seconds = time.perf_counter() - fit_start
-    if trainer.interrupted:
-        raise KeyboardInterrupt
 
     best_path, optimizer_state = _load_best(module, checkpoint_cb)
     metrics = evaluate_module(module, dm, cfg, optimizer_state)
@@ -341,21 +350,119 @@ def _finish_wandb() -> None:
         wandb.teardown()
 
 
+# jobs of an in-process multirun: the overrides of each, and the failed ones as
+# (job, overrides, one-line reason, user mistake)
+_JOB_OVERRIDES: list[list[str]] = []
+_FAILED_JOBS: list[tuple[str, list[str], str, bool]] = []
+
+
+def _user_error(err: BaseException) -> UserError | None:
+    """The user mistake behind `err`: itself, or the cause Hydra's instantiate wrapped."""
+    from tempint.callbacks import DISK_ERRNOS
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, UserError):
+            return seen
+        if isinstance(seen, OSError) and seen.errno in DISK_ERRNOS:
+            where = f"{seen.filename}: " if seen.filename else ""
+            return UserError(
+                f"could not write {where}{seen.strerror or seen}; free space there or choose "
+                "another hydra.run.dir"
+            )
+        seen = seen.__cause__
+    return None
+
+
+def _log_to_files(level: int, message: str) -> None:
+    """A record in train.log only: the console already has the one line on stderr."""
+    record = logging.LogRecord("tempint", level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _in_process_multirun() -> bool:
+    """A sweep whose jobs run one after the other in this process (Hydra's basic launcher):
+    one failed job must not stop the rest. Submitit jobs are processes of their own."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return (
+        HydraConfig.initialized()
+        and HydraConfig.get().mode == RunMode.MULTIRUN
+        and not os.environ.get("SUBMITIT_EXECUTOR")
+    )
+
+
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from tempint.interrupt import RunStopped
+
+    if _in_process_multirun():
+        _JOB_OVERRIDES.append(_job_overrides())
     try:
         metrics, _ = train(cfg)
-    except UserError as err:
-        # Hydra reports any Exception with a traceback and exit 1; a user mistake is
-        # one sentence and exit 2, so it leaves as SystemExit.
-        print(f"tempint-train: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Exception:
-        log.exception("run failed")
+    except RunStopped as stop:
+        print(f"tempint-train: {stop}", file=sys.stderr)
+        _log_to_files(logging.ERROR, str(stop))
+        sys.exit(stop.exit_code)
+    except KeyboardInterrupt:
+        message = "stopped by SIGINT (Ctrl-C) outside training; the same command resumes"
+        print(f"tempint-train: {message}", file=sys.stderr)
+        _log_to_files(logging.ERROR, message)
+        sys.exit(130)
+    except Exception as err:
+        mistake = _user_error(err)
+        if mistake is not None:
+            # Hydra reports any Exception with a traceback and exit 1; a user mistake is
+            # one sentence and exit 2, so it leaves as SystemExit.
+            print(f"tempint-train: {mistake}", file=sys.stderr)
+            _log_to_files(logging.ERROR, str(mistake))
+        else:
+            log.exception("run failed")
+        if _in_process_multirun():
+            _record_failure(mistake or err, mistake is not None)
+            return float("nan")
+        if mistake is not None:
+            sys.exit(2)
         raise
     finally:
         _finish_wandb()
     value = metrics.get(cfg.get("optimized_metric") or "val/mrr")
     return float(value) if value is not None else None
+
+
+def _job_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
+def _record_failure(err: BaseException, user_mistake: bool) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    _FAILED_JOBS.append((str(HydraConfig.get().job.num), _job_overrides(), reason, user_mistake))
+
+
+def _report_failed_jobs() -> None:
+    """After a multirun: every job ran; name the failed ones by the overrides that set
+    them apart from the other jobs, and exit non-zero (2 when all were user mistakes)."""
+    if not _FAILED_JOBS:
+        return
+    common = set.intersection(*(set(o) for o in _JOB_OVERRIDES)) if _JOB_OVERRIDES else set()
+    names = "; ".join(
+        f"job {num} ({','.join(o for o in over if o not in common) or 'no overrides'}): {why}"
+        for num, over, why, _ in _FAILED_JOBS
+    )
+    print(
+        f"tempint-train: {len(_FAILED_JOBS)} of {len(_JOB_OVERRIDES)} jobs of the multirun "
+        f"failed: {names}",
+        file=sys.stderr,
+    )
+    sys.exit(2 if all(user for *_, user in _FAILED_JOBS) else 1)
 
 
 def main() -> None:
@@ -366,6 +473,7 @@ def main() -> None:
         sys.path.insert(0, str(Path.cwd()))
     try:
         check_cli_overrides(sys.argv[1:])
+        check_output_folder(sys.argv[1:])
         import hydra
 
         from tempint.config import CONF_DIR
@@ -377,6 +485,7 @@ def main() -> None:
     except UserError as err:
         print(f"tempint-train: {err}", file=sys.stderr)
         sys.exit(2)
+    _report_failed_jobs()
 
 
 if __name__ == "__main__":

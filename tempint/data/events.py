@@ -38,7 +38,9 @@ from tempint.errors import ConfigError, DataError
 __all__ = [
     "COLUMNS",
     "CACHE_VERSION",
+    "DuplicateRowsWarning",
     "EventLog",
+    "TimestampUnitWarning",
     "UnsortedInputWarning",
     "load_events",
 ]
@@ -137,6 +139,7 @@ def load_events(
     if cache_files is not None:
         cached = _read_cache(path, cache_files, options)
         if cached is not None:
+            warn_anomalies(path, cached)
             return cached
 
     stat = path.stat()
@@ -145,9 +148,11 @@ def load_events(
         table = _read_parquet(path, raw, mapping)
     else:
         table = _read_csv(path, raw, mapping, keep_features)
+    refuse_missing_ids(path, table.data, table.rows, table.labels)
     events, unsorted = _build(path, table, num_users, num_items, keep_features)
     if unsorted:
         _warn_unsorted(path, unsorted, events.num_interactions)
+    warn_anomalies(path, events)
 
     if cache_files is not None:
         manifest = {
@@ -747,6 +752,81 @@ def _warn_unsorted(path: Path, unsorted: int, total: int) -> None:
         ),
         stacklevel=3,
     )
+
+
+# ------------------------------------------------------------------------- anomalies
+# Readable data that is probably not what its author meant: reported, never changed.
+
+# Above this a timestamp in seconds would be after the year 5000: milliseconds (or finer)
+# since 1970 are far more likely, and the day/week features assume seconds.
+_SECONDS_LIMIT = 1e11
+# Texts that stand for a missing value in exported tables, never for an id.
+_MISSING_IDS = ("nan", "null")
+
+
+class DuplicateRowsWarning(UserWarning):
+    """Rows repeated exactly (same user, item, time, label and features); kept."""
+
+
+class TimestampUnitWarning(UserWarning):
+    """Timestamps look like milliseconds (or finer), not seconds."""
+
+
+def refuse_missing_ids(
+    path: Path, data: Mapping[str, pl.Series], rows: np.ndarray, labels: Mapping[str, str]
+) -> None:
+    """A text id such as `NaN` is a missing value that an export wrote out, not a user:
+    kept, it would become one more user (or turn every id of the column into a label)."""
+    for key in ("user_id", "item_id"):
+        column = data.get(key)
+        if column is None or column.dtype != pl.String:
+            continue
+        missing = column.str.strip_chars().str.to_lowercase().is_in(list(_MISSING_IDS))
+        _fail(
+            path,
+            rows,
+            missing,
+            labels[key],
+            lambda i, c=column: (
+                f"{c[i]!r} is a missing value, not an id; fill in the id or drop the row"
+            ),
+        )
+
+
+def warn_anomalies(path: Path, events: EventLog) -> None:
+    """One warning per anomaly, with counts: exact duplicate rows and millisecond times."""
+    frame = events.frame
+    repeated = frame.is_duplicated()
+    if events.features is not None and repeated.any():
+        # duplicates on the canonical columns must also agree on their features
+        idx = repeated.arg_true().to_numpy()
+        feats = pl.DataFrame(events.features[idx], schema=None).rename(lambda c: f"_f{c}")
+        sub = pl.concat([frame[idx], feats], how="horizontal")
+        extra = sub.height - sub.unique().height
+    else:
+        extra = frame.height - frame.unique().height
+    if extra:
+        warnings.warn(
+            DuplicateRowsWarning(
+                f"{path}: {extra} of {frame.height} rows repeat an earlier row exactly "
+                "(same user, item, timestamp and label); they are kept and count as "
+                "interactions (a repeat-heavy stream favours the recency heuristic); "
+                "drop them from the file if they are export artefacts"
+            ),
+            stacklevel=3,
+        )
+    if frame.height:
+        latest = float(frame.get_column("timestamp").max())
+        if latest > _SECONDS_LIMIT:
+            unit = "milliseconds" if latest < _SECONDS_LIMIT * 1e3 else "micro- or nanoseconds"
+            warnings.warn(
+                TimestampUnitWarning(
+                    f"{path}: timestamps reach {latest:.6g}, which as seconds is after the "
+                    f"year 5000; they look like {unit} since 1970, but the day and week time "
+                    "features assume seconds: convert the column to seconds"
+                ),
+                stacklevel=3,
+            )
 
 
 # ----------------------------------------------------------------------------- cache

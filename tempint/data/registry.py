@@ -2,7 +2,7 @@
 
 A dataset name resolves to `<root>/<name>.parquet` or `<root>/<name>.csv`; Wikipedia
 falls back to the copy bundled with the package; anything else is downloaded from its
-public URL. A download lands in `<name>.csv.part` and becomes `<name>.csv` only once
+public URL within an overall deadline. A download lands in `<name>.csv.part` and becomes `<name>.csv` only once
 its statistics match the table, so an interrupted or wrong download is never used.
 
 Statistics checked on download: the number of interactions exactly, and that the id
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import time
 import urllib.request
 from dataclasses import dataclass
 from importlib import resources
@@ -44,7 +45,11 @@ __all__ = [
 _DATA_DIR_ENV = "TEMPINT_DATA_DIR"
 _URL_ENV = "TEMPINT_DATASET_URL_{}"  # per dataset, upper-case name
 _BUNDLED = "wikipedia"
-_TIMEOUT_S = 60.0
+_TIMEOUT_S = 60.0  # silence on the socket longer than this aborts the download
+# the whole download, however slowly bytes arrive (a server trickling one byte every 20 s
+# never trips the socket timeout); $TEMPINT_DOWNLOAD_DEADLINE_S overrides it
+_DEADLINE_S = 3600.0
+_DEADLINE_ENV = "TEMPINT_DOWNLOAD_DEADLINE_S"
 _CHUNK = 1 << 20
 
 
@@ -143,9 +148,12 @@ def _download(info: DatasetInfo, url: str, target: Path, progress: bool) -> None
     """Fetch into `<target>.part`, check the statistics, then rename into place."""
     part = target.with_name(target.name + ".part")
     by_hand = f"download it by hand to {target} (or set {_DATA_DIR_ENV} to a folder holding it)"
+    deadline_s = float(os.environ.get(_DEADLINE_ENV) or _DEADLINE_S)
+    deadline = time.monotonic() + deadline_s
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response, part.open("wb") as out:
+        timeout = min(_TIMEOUT_S, deadline_s)
+        with urllib.request.urlopen(url, timeout=timeout) as response, part.open("wb") as out:
             total = response.headers.get("Content-Length")
             bar = Progress(
                 TextColumn(f"downloading {info.name}"),
@@ -159,10 +167,16 @@ def _download(info: DatasetInfo, url: str, target: Path, progress: bool) -> None
             size = 0
             with bar:
                 task = bar.add_task(info.name, total=int(total) if total else None)
-                while block := response.read(_CHUNK):
+                # read1: whatever has arrived, so the deadline is checked while bytes trickle
+                while block := response.read1(_CHUNK):
                     out.write(block)
                     size += len(block)
                     bar.advance(task, len(block))
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"not finished after {deadline_s:g} s ({size:,} bytes received; "
+                            f"{_DEADLINE_ENV} sets the limit)"
+                        )
             if total and size != int(total):
                 raise OSError(f"the transfer stopped after {size:,} of {int(total):,} bytes")
     # URLError, HTTPError and timeouts are OSErrors; a broken transfer is an HTTPException.
