@@ -82,11 +82,14 @@ def test_unsupported_precision_is_refused(make_cfg):
 # --- mixed precision ---------------------------------------------------------------------
 
 
-def test_fused_adam_only_in_full_precision(make_cfg):
+def test_fused_adam_only_in_full_precision(make_cfg, tmp_path):
     assert fused_allowed("32-true") and fused_allowed(32)
     assert not fused_allowed("bf16-mixed") and not fused_allowed("16-mixed")
     for precision, fused in (("32", True), ("bf16-mixed", False)):
-        metrics, objects = train(make_cfg(["model=limnet", f"trainer.precision={precision}"]))
+        cfg = make_cfg(
+            ["model=limnet", f"trainer.precision={precision}"], output_dir=tmp_path / precision
+        )
+        metrics, objects = train(cfg)
         optimizer = objects["trainer"].optimizers[0]
         assert optimizer.defaults["fused"] is fused
         assert 0 < metrics["test/mrr"] <= 1
