@@ -144,6 +144,10 @@ class InteractionDataModule(L.LightningDataModule):
         columns: Mapping[str, str] | None = None,
         num_users: int | None = None,
         num_items: int | None = None,
+        ids: str | None = None,
+        separator: str | None = None,
+        header: bool | None = None,
+        names: list[str] | None = None,
         val: float = 0.1,
         test: float = 0.1,
         history_k: int = 0,
@@ -163,6 +167,14 @@ class InteractionDataModule(L.LightningDataModule):
         self.columns = dict(columns) if columns else None
         self.declared_users = num_users
         self.declared_items = num_items
+        # how the file is read (None: the loader's or the registry's default)
+        self.read_options = {
+            key: value
+            for key, value in dict(ids=ids, separator=separator, header=header, names=names).items()
+            if value is not None
+        }
+        if "names" in self.read_options:
+            self.read_options["names"] = list(self.read_options["names"])
         self.val_fraction = val
         self.test_fraction = test
         self.history_k = int(history_k)
@@ -178,6 +190,9 @@ class InteractionDataModule(L.LightningDataModule):
         self.stream: Interactions | None = None
         self.split: Split | None = None
         self.source = ""
+        # the source's id of each user / item index (None: ids used as given)
+        self.user_ids: pl.Series | None = None
+        self.item_ids: pl.Series | None = None
         self._train_plans: list[ChunkPlan] | None = None
         self._eval_cache: dict[tuple[str, str], list[Chunk]] = {}
 
@@ -195,20 +210,22 @@ class InteractionDataModule(L.LightningDataModule):
             return frame, None, users, items
         from tempint.data.events import load_events
 
-        options = dict(keep_features=self.use_edge_features)
+        options = dict(keep_features=self.use_edge_features, **self.read_options)
+        for key, value in (
+            ("columns", self.columns),
+            ("num_users", self.declared_users),
+            ("num_items", self.declared_items),
+        ):
+            if value is not None:
+                options[key] = value
         if self.path:
-            log_ = load_events(
-                self.path,
-                columns=self.columns,
-                num_users=self.declared_users,
-                num_items=self.declared_items,
-                **options,
-            )
+            log_ = load_events(self.path, **options)
         else:
             from tempint.data.registry import load_dataset
 
             log_ = load_dataset(self.name, root=self.root, download=self.download, **options)
         self.source = log_.source
+        self.user_ids, self.item_ids = log_.user_ids, log_.item_ids
         features = log_.features if self.use_edge_features else None
         return log_.frame, features, log_.num_users, log_.num_items
 
