@@ -334,6 +334,7 @@ def test_random_malformed_csv_raises_only_data_errors(tmp_path_factory, header, 
 def source(tmp_path):
     return write(tmp_path, HEADER + f"{10**12 + 5},7,0.0,0,0.5\n3,1,1.0,1,0.25\n")
 
+
 CACHE_SUFFIXES = [".json", ".npy", ".parquet", ".parquet", ".parquet"]
 
 
@@ -509,3 +510,123 @@ def test_short_row_is_caught_even_when_features_are_dropped(tmp_path):
     path = write(tmp_path, HEADER + "0,0,0.0,0,1,2\n1,1,1.0,0,1\n2,2,2.0,0,1,2\n")
     with pytest.raises(DataError, match=r"row 3: 5 fields, expected 6"):
         load_events(path, keep_features=False, cache=False)
+
+
+# -------------------------------------------------------------------------- formats
+
+MOVIELENS_NAMES = ["user_id", "item_id", "rating", "timestamp"]
+
+
+def test_tab_separated_file_without_header_read_by_names(tmp_path):
+    path = write(
+        tmp_path, "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
+    )
+    with pytest.warns(UnsortedInputWarning):
+        log = load_events(path, separator="\t", header=False, names=MOVIELENS_NAMES, cache=False)
+    assert rows(log) == [(0, 0, 878887116.0, 0), (1, 1, 881250949.0, 0), (2, 2, 891717742.0, 0)]
+    assert log.user_ids.to_list() == [22, 196, 186]
+    assert (log.num_users, log.num_items) == (3, 3)
+
+
+def test_multi_character_separator(tmp_path):
+    path = write(tmp_path, "1::1193::5::978300760\n1::661::3::978302109\n", name="ratings.dat")
+    log = load_events(path, separator="::", header=False, names=MOVIELENS_NAMES, cache=False)
+    assert rows(log) == [(0, 0, 978300760.0, 0), (0, 1, 978302109.0, 0)]
+    assert log.item_ids.to_list() == [1193, 661]
+
+
+def test_tsv_name_defaults_to_tabs_and_a_header_line(tmp_path):
+    path = write(tmp_path, "user_id\titem_id\ttimestamp\n5\t6\t1\n", name="log.tsv")
+    assert rows(load_events(path, columns={}, cache=False)) == [(0, 0, 1.0, 0)]
+
+
+def test_gzip_input_just_works_and_is_cached(tmp_path):
+    import gzip
+
+    text = HEADER + "3,1,0.0,0\n4,1,1.0,0\n"
+    path = write(tmp_path, gzip.compress(text.encode()), name="log.csv.gz")
+    assert rows(load_events(path)) == [(0, 0, 0.0, 0), (1, 0, 1.0, 0)]
+    assert rows(load_events(path)) == [(0, 0, 0.0, 0), (1, 0, 1.0, 0)]  # from the cache
+
+
+def test_jodie_layout_with_another_separator(tmp_path):
+    path = write(tmp_path, "0;0;0.0;0;0.5\n1;1;1.0;0;0.25\n")
+    log = load_events(path, separator=";", ids="keep", cache=False)
+    assert rows(log) == [(0, 0, 0.0, 0), (1, 1, 1.0, 0)]
+    assert log.features[:, 0].tolist() == [0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "options", "message"),
+    [
+        (
+            "196\t242\t3\t881250949\n186\t302\t3\t891717742\n",
+            "u.data",
+            {},
+            r"u\.data, row 1: the fields are tab-separated, not separated by comma; "
+            r"set data\.separator to '\\t'$",
+        ),
+        (
+            "userId::movieId::rating::timestamp\n1::2::3::4\n",
+            "ratings.csv",
+            {"separator": "\t"},
+            r"the fields are '::'-separated, not separated by tab; set data\.separator to '::'$",
+        ),
+        (
+            "PAR1 pretending",
+            "log.csv",
+            {},
+            r"log\.csv: the file is parquet, not csv text; name it log\.parquet "
+            r"\(or pass file_format='parquet'\)$",
+        ),
+        (
+            b"\x1f\x8b\x08\x00garbage",
+            "log.csv",
+            {},
+            r"log\.csv: the file is gzip-compressed but its name does not end in \.gz; "
+            r"name it log\.csv\.gz \(it is then decompressed on reading\) or decompress it$",
+        ),
+        (
+            b"not gzip at all",
+            "log.csv.gz",
+            {},
+            r"log\.csv\.gz: not a readable gzip file \(.*\); a \.gz name needs gzip-compressed",
+        ),
+        (
+            "1\t2\t3\n1\t2\n",
+            "log.tsv",
+            {"header": False, "names": ["user_id", "item_id", "timestamp"]},
+            r"log\.tsv, row 2: 2 fields, expected 3 like data\.names; every row needs the same "
+            r"number of tab-separated fields$",
+        ),
+    ],
+)
+def test_wrong_format_gets_one_line_naming_the_cause(tmp_path, content, name, options, message):
+    path = write(tmp_path, content, name=name)
+    with pytest.raises(DataError, match=message) as err:
+        load_events(path, cache=False, **options)
+    assert "\n" not in str(err.value)
+
+
+def test_format_options_are_checked(tmp_path):
+    path = write(tmp_path, "u,i,t\n1,2,3\n")
+    cols = {"user_id": "u", "item_id": "i", "timestamp": "t"}
+    with pytest.raises(ConfigError, match=r"header=false with a column mapping needs names"):
+        load_events(path, columns=cols, header=False, cache=False)
+    with pytest.raises(ConfigError, match=r"separator='' must be a non-empty string"):
+        load_events(path, separator="", cache=False)
+    with pytest.raises(ConfigError, match=r"ids='sorted' is not known"):
+        load_events(path, ids="sorted", cache=False)
+    with pytest.raises(ConfigError, match=r"names='u' must be a list"):
+        load_events(path, names="u", cache=False)
+
+
+def test_load_phases_are_logged_with_row_counts(tmp_path, caplog):
+    path = write(tmp_path, HEADER + "9,0,5.0,0\n8,1,1.0,0\n")
+    with caplog.at_level("INFO", logger="tempint.data.events"), pytest.warns(UnsortedInputWarning):
+        load_events(path, cache=False)
+    text = caplog.text
+    size = f"reading {path.stat().st_size} bytes"
+    for phase in (size, "read 2 rows", "sorting 2 rows", "renumbering user_id"):
+        assert phase in text, phase
+    assert "2 interactions, 2 users, 2 items, loaded in" in text
