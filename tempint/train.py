@@ -161,6 +161,8 @@ QUIET = (
     (FutureWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
     (DeprecationWarning, r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"),
     (UserWarning, r".*The number of training batches .* is smaller than the logging interval.*"),
+    # our chunk streams are sized and read by one process (num_workers=0)
+    (UserWarning, r".*Your `IterableDataset` has `__len__` defined.*"),
 )
 
 

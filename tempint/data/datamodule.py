@@ -118,14 +118,24 @@ def plan_to_chunk(stream: Interactions, plan: ChunkPlan) -> Chunk:
 
 
 class _ChunkStream(IterableDataset):
-    """The chunks of an epoch, made lazily (shuffled samplers reseed by epoch)."""
+    """The chunks of an epoch, made lazily (shuffled samplers reseed by epoch).
 
-    def __init__(self, make_chunks, epoch_of=lambda: 0):
+    `count(epoch)` is the number of chunks the epoch yields: its length, so a progress
+    bar shows a total and an ETA (Lightning ends an epoch after that many batches).
+    """
+
+    def __init__(self, make_chunks, epoch_of=lambda: 0, count=None):
         self.make_chunks = make_chunks
         self.epoch_of = epoch_of
+        self.count = count
 
     def __iter__(self) -> Iterator[Chunk]:
         yield from self.make_chunks(self.epoch_of())
+
+    def __len__(self) -> int:
+        if self.count is None:
+            raise TypeError("this chunk stream has no length")
+        return int(self.count(self.epoch_of()))
 
 
 class InteractionDataModule(L.LightningDataModule):
@@ -194,6 +204,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.user_ids: pl.Series | None = None
         self.item_ids: pl.Series | None = None
         self._train_plans: list[ChunkPlan] | None = None
+        self._eval_plans: dict[tuple[str, str], list[ChunkPlan]] = {}
         self._eval_cache: dict[tuple[str, str], list[Chunk]] = {}
 
     # ---- loading -------------------------------------------------------------------
@@ -265,6 +276,14 @@ class InteractionDataModule(L.LightningDataModule):
             self._train_plans = plans
         return plans
 
+    def num_train_chunks(self, epoch: int = 0) -> int:
+        """Chunks of a training epoch, counted without planning it where the sampler can."""
+        if self._train_plans is not None:
+            return len(self._train_plans)
+        if hasattr(self.sampler, "num_chunks"):
+            return self.sampler.num_chunks(self._t, 0, self.split.train_end)
+        return len(self.train_plans(epoch))
+
     @property
     def windowed(self) -> bool:
         return isinstance(self.sampler, SequenceSampler)
@@ -331,37 +350,51 @@ class InteractionDataModule(L.LightningDataModule):
         (t-batches of consecutive blocks, for models ranked in blocks) or "users" (steps
         with no user twice, for models whose state is per user).
         """
-        planner = {
-            "eval": self.eval_plans,
-            "exact": self.exact_plans,
-            "contiguous": self.contiguous_plans,
-            "blocks": self.block_plans,
-            "users": self.user_plans,
-        }[kind]
         key = (stage, kind)
         if key in self._eval_cache:
             return self._eval_cache[key]
-        plans = planner(stage)
+        plans = self.eval_plans_of(stage, kind)
         rows = sum(p.num_interactions for p in plans)
         if rows * (2 * self.history_k + 24) * 8 > self.EVAL_CACHE_BYTES:
             return self.chunks(plans)
         self._eval_cache[key] = list(self.chunks(plans))
         return self._eval_cache[key]
 
+    def eval_plans_of(self, stage: str, kind: str = "eval") -> list[ChunkPlan]:
+        """The plans behind `eval_chunks(stage, kind)`, made once."""
+        key = (stage, kind)
+        if key not in self._eval_plans:
+            planner = {
+                "eval": self.eval_plans,
+                "exact": self.exact_plans,
+                "contiguous": self.contiguous_plans,
+                "blocks": self.block_plans,
+                "users": self.user_plans,
+            }[kind]
+            self._eval_plans[key] = planner(stage)
+        return self._eval_plans[key]
+
     # ---- loaders ---------------------------------------------------------------------
     def _current_epoch(self) -> int:
         trainer = getattr(self, "trainer", None)
         return int(trainer.current_epoch) if trainer is not None else 0
 
-    def _loader(self, make_chunks) -> DataLoader:
-        dataset = _ChunkStream(make_chunks, self._current_epoch)
+    def _loader(self, make_chunks, count) -> DataLoader:
+        dataset = _ChunkStream(make_chunks, self._current_epoch, count)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.chunks(self.train_plans(epoch)))
+        return self._loader(
+            lambda epoch: self.chunks(self.train_plans(epoch)), self.num_train_chunks
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_chunks("val", self.val_kind))
+        return self._loader(
+            lambda epoch: self.eval_chunks("val", self.val_kind),
+            lambda epoch: len(self.eval_plans_of("val", self.val_kind)),
+        )
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_chunks("test"))
+        return self._loader(
+            lambda epoch: self.eval_chunks("test"), lambda epoch: len(self.eval_plans_of("test"))
+        )
