@@ -16,6 +16,7 @@ from tempint.data.batch import Chunk, Interactions
 from tempint.data.features import (
     DeltaScale,
     cyclic_time,
+    earlier_rows,
     interaction_tags,
     node_deltas,
     partner_history,
@@ -59,7 +60,10 @@ def build_stream(
     users = frame["user_id"].to_numpy().astype(np.int64)
     items = frame["item_id"].to_numpy().astype(np.int64)
     t = frame["timestamp"].to_numpy().astype(np.float64)
-    du, di = node_deltas(frame)
+    log.info("features of %s interactions", f"{len(t):,}")
+    # each node's earlier rows, shared by the features below (one sort per side)
+    user_rows, item_rows = earlier_rows(users), earlier_rows(items)
+    du, di = node_deltas(frame, user_rows, item_rows)
     train = slice(0, split.train_end)
     user_scale = DeltaScale.fit(du[train])
     item_scale = DeltaScale.fit(di[train])
@@ -76,7 +80,8 @@ def build_stream(
         )
     if edge_features is not None:
         columns["edge_features"] = torch.from_numpy(np.ascontiguousarray(edge_features, np.float32))
-    tags = {k: torch.from_numpy(v) for k, v in interaction_tags(frame, split.train_end).items()}
+    tags = interaction_tags(frame, split.train_end, user_rows, item_rows)
+    tags = {k: torch.from_numpy(v) for k, v in tags.items()}
     label = frame["state_label"].to_numpy() if "state_label" in frame.columns else np.zeros(len(t))
     return Interactions(
         user=torch.from_numpy(users),
@@ -85,7 +90,7 @@ def build_stream(
         state_label=torch.from_numpy(label.astype(np.int64)),
         delta_user=torch.from_numpy(user_scale(du)),
         delta_item=torch.from_numpy(item_scale(di)),
-        prev_item=torch.from_numpy(previous_item(frame)),
+        prev_item=torch.from_numpy(previous_item(frame, user_rows)),
         cyclic=torch.from_numpy(cyclic_time(t)),
         index=torch.arange(len(t)),
         tags=tags,

@@ -24,6 +24,8 @@ __all__ = [
     "DAY",
     "WEEK",
     "DeltaScale",
+    "earlier_rows",
+    "first_of_key",
     "node_deltas",
     "previous_item",
     "cyclic_time",
@@ -79,23 +81,43 @@ def earlier_rows(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rank, previous
 
 
+def first_of_key(key: np.ndarray) -> np.ndarray:
+    """True where no earlier row has the same key."""
+    n = key.shape[0]
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    first = np.ones(n, dtype=bool)
+    np.not_equal(sorted_key[1:], sorted_key[:-1], out=first[1:])
+    out = np.empty(n, dtype=bool)
+    out[order] = first
+    return out
+
+
 def _column(frame: pl.DataFrame, name: str) -> np.ndarray:
     return frame.get_column(name).to_numpy()
 
 
-def node_deltas(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+# `earlier_rows` of the user and item columns, computed once by the caller and shared by
+# the functions below (each computes what it is not given).
+Rows = tuple[np.ndarray, np.ndarray]
+
+
+def node_deltas(
+    frame: pl.DataFrame, user_rows: Rows | None = None, item_rows: Rows | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw seconds since the user's / item's previous interaction; 0 at a node's first."""
     t = _column(frame, "timestamp").astype(np.float64, copy=False)
     out = []
-    for side in ("user_id", "item_id"):
-        _, previous = earlier_rows(_column(frame, side))
+    for side, rows in (("user_id", user_rows), ("item_id", item_rows)):
+        _, previous = rows if rows is not None else earlier_rows(_column(frame, side))
         out.append(np.where(previous >= 0, t - t[previous], 0.0))
     return out[0], out[1]
 
 
-def previous_item(frame: pl.DataFrame) -> np.ndarray:
+def previous_item(frame: pl.DataFrame, user_rows: Rows | None = None) -> np.ndarray:
     """Item of the user's previous interaction, -1 before the user's first."""
-    _, previous = earlier_rows(_column(frame, "user_id"))
+    rows = user_rows if user_rows is not None else earlier_rows(_column(frame, "user_id"))
+    previous = rows[1]
     item = _column(frame, "item_id").astype(np.int64, copy=False)
     return np.where(previous >= 0, item[previous], -1)
 
@@ -145,7 +167,12 @@ def partner_history(
     return partners, gaps
 
 
-def interaction_tags(frame: pl.DataFrame, train_end: int) -> dict[str, np.ndarray]:
+def interaction_tags(
+    frame: pl.DataFrame,
+    train_end: int,
+    user_rows: Rows | None = None,
+    item_rows: Rows | None = None,
+) -> dict[str, np.ndarray]:
     """Boolean tags of every row from the stream strictly before it.
 
     `repeat`/`new`: the (user, item) pair occurred earlier or not; `last`: same item as
@@ -155,18 +182,18 @@ def interaction_tags(frame: pl.DataFrame, train_end: int) -> dict[str, np.ndarra
     n = frame.height
     user = _column(frame, "user_id").astype(np.int64, copy=False)
     item = _column(frame, "item_id").astype(np.int64, copy=False)
-    user_rank, previous = earlier_rows(user)
+    user_rank, previous = user_rows if user_rows is not None else earlier_rows(user)
     last = np.zeros(n, dtype=bool)
     np.equal(item[np.maximum(previous, 0)], item, out=last, where=previous >= 0)
     num_items = int(item.max()) + 1 if n else 0
-    pair_rank, _ = earlier_rows(user * num_items + item)
-    item_rank, _ = earlier_rows(item)
+    new = first_of_key(user * num_items + item)
+    item_rank = (item_rows if item_rows is not None else earlier_rows(item))[0]
     first_pos = np.full(num_items, n, dtype=np.int64)
     firsts = np.flatnonzero(item_rank == 0)
     first_pos[item[firsts]] = firsts
     tags = {
-        "repeat": pair_rank > 0,
-        "new": pair_rank == 0,
+        "repeat": ~new,
+        "new": new,
         "last": last,
     }
     for lo, hi in HISTORY_BUCKETS:
