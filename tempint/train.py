@@ -183,6 +183,8 @@ QUIET = (
     (UserWarning, r".*The number of training batches .* is smaller than the logging interval.*"),
     # a resumed folder holds this run's own checkpoints (the fingerprint says so)
     (UserWarning, r".*Checkpoint directory .* exists and is not empty.*"),
+    # our chunk streams are sized and read by one process (num_workers=0)
+    (UserWarning, r".*Your `IterableDataset` has `__len__` defined.*"),
 )
 
 

@@ -129,3 +129,15 @@ def test_interactions_concat_is_the_select_of_both_parts(dm):
 def test_negative_history_is_a_config_error():
     with pytest.raises(ConfigError, match="data.history_k"):
         InteractionDataModule(synthetic={"shape": "tiny"}, history_k=-1)
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [None, ChronoSampler(batch_size=7, steps=3), ShuffleSampler(batch_size=9), SequenceSampler()],
+)
+def test_loaders_have_the_length_they_yield(sampler):
+    dm = module(sampler=sampler)
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        assert len(loader) == sum(1 for _ in loader) > 0
+    dm.val_kind = "blocks"
+    assert len(dm.val_dataloader()) == sum(1 for _ in dm.val_dataloader())

@@ -39,8 +39,9 @@ def rows(log: EventLog) -> list[tuple]:
 
 def test_jodie_csv_reads_ids_time_labels_and_features(tmp_path):
     path = write(tmp_path, HEADER + "0,0,0.0,0,0.5,1.0\n1,2,36.0,1,-0.25,2.0\n1,2,77.0,0,0.0,3.0\n")
-    log = load_events(path, cache=False)
+    log = load_events(path, cache=False, ids="keep")
     assert rows(log) == [(0, 0, 0.0, 0), (1, 2, 36.0, 1), (1, 2, 77.0, 0)]
+    assert log.user_ids is None and log.item_ids is None
     assert dict(log.frame.schema) == COLUMNS
     assert (log.num_users, log.num_items) == (2, 3)
     assert (log.num_interactions, log.num_unique_edges) == (3, 2)
@@ -83,7 +84,7 @@ def test_declared_counts_size_the_tables(tmp_path):
 def test_unsorted_input_is_stable_sorted_with_a_warning(tmp_path):
     text = HEADER + "0,0,5.0,0,1\n1,1,1.0,0,2\n2,1,3.0,0,3\n3,0,1.0,0,4\n"
     with pytest.warns(UnsortedInputWarning, match="3 of 4 rows were out of timestamp order"):
-        log = load_events(write(tmp_path, text), cache=False)
+        log = load_events(write(tmp_path, text), cache=False, ids="keep")
     # ties (t=1.0) keep file order; features follow their rows
     assert rows(log) == [(1, 1, 1.0, 0), (3, 0, 1.0, 0), (2, 1, 3.0, 0), (0, 0, 5.0, 0)]
     np.testing.assert_array_equal(log.features[:, 0], [2, 4, 3, 1])
@@ -147,12 +148,13 @@ def test_first_appearance_is_in_time_order(tmp_path):
     assert rows(log) == [(0, 0, 1.0, 0), (1, 0, 2.0, 0)]
 
 
-def test_integer_ids_are_kept_as_given(tmp_path):
+def test_integer_ids_are_kept_when_asked(tmp_path):
     text = "u,i,t,label\n7,3,0,1\n2,9,5,0\n"
     cols = {"user_id": "u", "item_id": "i", "timestamp": "t", "state_label": "label"}
-    log = load_events(write(tmp_path, text), columns=cols, cache=False)
+    log = load_events(write(tmp_path, text), columns=cols, cache=False, ids="keep")
     assert rows(log) == [(7, 3, 0.0, 1), (2, 9, 5.0, 0)]
     assert (log.num_users, log.num_items) == (8, 10)
+    assert log.original_ids("user", [7, 2]) == [7, 2]
 
 
 def test_iso_datetimes_become_epoch_seconds(tmp_path):
@@ -164,10 +166,9 @@ def test_iso_datetimes_become_epoch_seconds(tmp_path):
 def test_quoted_fields_in_a_mapped_csv(tmp_path):
     text = 'user,item,t\n"smith, j",1,3\n"doe",2,4\n'
     cols = {"user_id": "user", "item_id": "item", "timestamp": "t"}
-    assert rows(load_events(write(tmp_path, text), columns=cols, cache=False)) == [
-        (0, 1, 3.0, 0),
-        (1, 2, 4.0, 0),
-    ]
+    log = load_events(write(tmp_path, text), columns=cols, cache=False)
+    assert rows(log) == [(0, 0, 3.0, 0), (1, 1, 4.0, 0)]
+    assert log.user_ids.to_list() == ["smith, j", "doe"]
 
 
 def test_state_label_column_is_optional(tmp_path):
@@ -187,10 +188,11 @@ def test_parquet_with_mapping_strings_and_datetimes(tmp_path):
     ).write_parquet(path)
     log = load_events(path, columns={"user_id": "who", "item_id": "item", "timestamp": "at"})
     assert rows(log) == [
-        (0, 4, 1_577_836_800.0, 0),
-        (1, 2, 1_577_923_200.0, 0),
-        (0, 4, 1_578_009_600.0, 0),
+        (0, 0, 1_577_836_800.0, 0),
+        (1, 1, 1_577_923_200.0, 0),
+        (0, 0, 1_578_009_600.0, 0),
     ]
+    assert (log.user_ids.to_list(), log.item_ids.to_list()) == (["b", "a"], [4, 2])
 
 
 # ------------------------------------------------------------------------ validation
@@ -330,14 +332,17 @@ def test_random_malformed_csv_raises_only_data_errors(tmp_path_factory, header, 
 
 @pytest.fixture
 def source(tmp_path):
-    return write(tmp_path, HEADER + "0,0,0.0,0,0.5\n1,1,1.0,1,0.25\n")
+    return write(tmp_path, HEADER + f"{10**12 + 5},7,0.0,0,0.5\n3,1,1.0,1,0.25\n")
+
+
+CACHE_SUFFIXES = [".json", ".npy", ".parquet", ".parquet", ".parquet"]
 
 
 def test_cache_is_written_beside_the_source_and_reused(source, monkeypatch):
     first = load_events(source)
     folder = source.parent / ".cache"
-    names = sorted(p.suffix for p in folder.iterdir())
-    assert names == [".json", ".npy", ".parquet"]
+    names = sorted(p.name.split(".", 2)[-1].split(".", 1)[-1] for p in folder.iterdir())
+    assert names == ["features.npy", "item_ids.parquet", "json", "parquet", "user_ids.parquet"]
     manifest = json.loads(next(folder.glob("*.json")).read_text())
     assert manifest["size"] == source.stat().st_size
     assert manifest["options"]["keep_features"] is True
@@ -351,6 +356,8 @@ def test_cache_is_written_beside_the_source_and_reused(source, monkeypatch):
     assert second.frame.equals(first.frame)
     np.testing.assert_array_equal(second.features, first.features)
     assert (second.num_users, second.num_items) == (2, 2)
+    assert second.user_ids.to_list() == [10**12 + 5, 3]
+    assert second.original_ids("user", [1, 0]) == [3, 10**12 + 5]
 
 
 def test_touched_but_unchanged_source_keeps_the_cache(source, monkeypatch):
@@ -364,9 +371,11 @@ def test_touched_but_unchanged_source_keeps_the_cache(source, monkeypatch):
 def test_changed_source_or_options_rebuild_the_cache(source, tmp_path):
     load_events(source)
     source.write_text(HEADER + "0,0,0.0,0,0.5\n1,1,1.0,1,0.25\n2,0,2.0,0,0.0\n")
+    assert load_events(source).num_users == 3
     assert load_events(source).num_interactions == 3
     assert load_events(source, keep_features=False).features is None
     assert load_events(source, num_users=9).num_users == 9
+    assert load_events(source, ids="keep").item_ids is None
     assert len(list((tmp_path / ".cache").glob("*.json"))) == 1
 
 
@@ -374,7 +383,7 @@ def test_custom_cache_dir_and_no_temporary_files_left(source, tmp_path):
     folder = tmp_path / "elsewhere"
     load_events(source, cache_dir=folder)
     assert not (source.parent / ".cache").exists()
-    assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".npy", ".parquet"]
+    assert sorted(p.suffix for p in folder.iterdir()) == CACHE_SUFFIXES
 
 
 def corrupt_manifest(folder: Path) -> None:
@@ -382,11 +391,20 @@ def corrupt_manifest(folder: Path) -> None:
 
 
 def drop_parquet(folder: Path) -> None:
-    next(folder.glob("*.parquet")).unlink()
+    next(p for p in folder.glob("*.parquet") if "_ids" not in p.name).unlink()
+
+
+def drop_id_map(folder: Path) -> None:
+    next(folder.glob("*.item_ids.parquet")).unlink()
+
+
+def shorten_id_map(folder: Path) -> None:
+    path = next(folder.glob("*.user_ids.parquet"))
+    pl.read_parquet(path).head(1).write_parquet(path)
 
 
 def truncate_parquet(folder: Path) -> None:
-    path = next(folder.glob("*.parquet"))
+    path = next(p for p in folder.glob("*.parquet") if "_ids" not in p.name)
     path.write_bytes(path.read_bytes()[:20])
 
 
@@ -413,6 +431,8 @@ def wrong_version(folder: Path) -> None:
     [
         corrupt_manifest,
         drop_parquet,
+        drop_id_map,
+        shorten_id_map,
         truncate_parquet,
         wrong_row_count,
         drop_features,
@@ -425,8 +445,9 @@ def test_damaged_cache_is_detected_and_rebuilt(source, damage):
     damage(folder)
     rebuilt = load_events(source)
     assert rebuilt.frame.equals(expected.frame)
+    assert rebuilt.user_ids.equals(expected.user_ids)
     np.testing.assert_array_equal(rebuilt.features, expected.features)
-    assert sorted(p.suffix for p in folder.iterdir()) == [".json", ".npy", ".parquet"]
+    assert sorted(p.suffix for p in folder.iterdir()) == CACHE_SUFFIXES
     manifest = json.loads(next(folder.glob("*.json")).read_text())
     assert manifest["num_interactions"] == 2
     assert manifest["tempint_cache_version"] == events_module.CACHE_VERSION
@@ -438,7 +459,8 @@ def test_cached_unsorted_log_warns_again(tmp_path):
         load_events(path)
     with pytest.warns(UnsortedInputWarning, match="1 of 2 rows"):
         log = load_events(path)
-    assert rows(log) == [(1, 1, 1.0, 0), (0, 0, 5.0, 0)]
+    assert rows(log) == [(0, 0, 1.0, 0), (1, 1, 5.0, 0)]  # numbered in time order
+    assert log.user_ids.to_list() == [1, 0]
 
 
 def test_read_only_cache_folder_does_not_stop_a_load(source, tmp_path):
@@ -455,10 +477,10 @@ def test_lastfm_sized_csv_loads_in_seconds(tmp_path):
     frame = generate_shape("lastfm")
     path = to_jodie_csv(frame, tmp_path / "lastfm.csv")
     start = time.perf_counter()
-    log = load_events(path)
+    log = load_events(path, ids="keep")
     cold = time.perf_counter() - start
     start = time.perf_counter()
-    load_events(path)
+    load_events(path, ids="keep")
     warm = time.perf_counter() - start
     assert log.frame.equals(frame)
     assert cold < 10.0 and warm < 1.0
@@ -488,3 +510,123 @@ def test_short_row_is_caught_even_when_features_are_dropped(tmp_path):
     path = write(tmp_path, HEADER + "0,0,0.0,0,1,2\n1,1,1.0,0,1\n2,2,2.0,0,1,2\n")
     with pytest.raises(DataError, match=r"row 3: 5 fields, expected 6"):
         load_events(path, keep_features=False, cache=False)
+
+
+# -------------------------------------------------------------------------- formats
+
+MOVIELENS_NAMES = ["user_id", "item_id", "rating", "timestamp"]
+
+
+def test_tab_separated_file_without_header_read_by_names(tmp_path):
+    path = write(
+        tmp_path, "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
+    )
+    with pytest.warns(UnsortedInputWarning):
+        log = load_events(path, separator="\t", header=False, names=MOVIELENS_NAMES, cache=False)
+    assert rows(log) == [(0, 0, 878887116.0, 0), (1, 1, 881250949.0, 0), (2, 2, 891717742.0, 0)]
+    assert log.user_ids.to_list() == [22, 196, 186]
+    assert (log.num_users, log.num_items) == (3, 3)
+
+
+def test_multi_character_separator(tmp_path):
+    path = write(tmp_path, "1::1193::5::978300760\n1::661::3::978302109\n", name="ratings.dat")
+    log = load_events(path, separator="::", header=False, names=MOVIELENS_NAMES, cache=False)
+    assert rows(log) == [(0, 0, 978300760.0, 0), (0, 1, 978302109.0, 0)]
+    assert log.item_ids.to_list() == [1193, 661]
+
+
+def test_tsv_name_defaults_to_tabs_and_a_header_line(tmp_path):
+    path = write(tmp_path, "user_id\titem_id\ttimestamp\n5\t6\t1\n", name="log.tsv")
+    assert rows(load_events(path, columns={}, cache=False)) == [(0, 0, 1.0, 0)]
+
+
+def test_gzip_input_just_works_and_is_cached(tmp_path):
+    import gzip
+
+    text = HEADER + "3,1,0.0,0\n4,1,1.0,0\n"
+    path = write(tmp_path, gzip.compress(text.encode()), name="log.csv.gz")
+    assert rows(load_events(path)) == [(0, 0, 0.0, 0), (1, 0, 1.0, 0)]
+    assert rows(load_events(path)) == [(0, 0, 0.0, 0), (1, 0, 1.0, 0)]  # from the cache
+
+
+def test_jodie_layout_with_another_separator(tmp_path):
+    path = write(tmp_path, "0;0;0.0;0;0.5\n1;1;1.0;0;0.25\n")
+    log = load_events(path, separator=";", ids="keep", cache=False)
+    assert rows(log) == [(0, 0, 0.0, 0), (1, 1, 1.0, 0)]
+    assert log.features[:, 0].tolist() == [0.5, 0.25]
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "options", "message"),
+    [
+        (
+            "196\t242\t3\t881250949\n186\t302\t3\t891717742\n",
+            "u.data",
+            {},
+            r"u\.data, row 1: the fields are tab-separated, not separated by comma; "
+            r"set data\.separator to '\\t'$",
+        ),
+        (
+            "userId::movieId::rating::timestamp\n1::2::3::4\n",
+            "ratings.csv",
+            {"separator": "\t"},
+            r"the fields are '::'-separated, not separated by tab; set data\.separator to '::'$",
+        ),
+        (
+            "PAR1 pretending",
+            "log.csv",
+            {},
+            r"log\.csv: the file is parquet, not csv text; name it log\.parquet "
+            r"\(or pass file_format='parquet'\)$",
+        ),
+        (
+            b"\x1f\x8b\x08\x00garbage",
+            "log.csv",
+            {},
+            r"log\.csv: the file is gzip-compressed but its name does not end in \.gz; "
+            r"name it log\.csv\.gz \(it is then decompressed on reading\) or decompress it$",
+        ),
+        (
+            b"not gzip at all",
+            "log.csv.gz",
+            {},
+            r"log\.csv\.gz: not a readable gzip file \(.*\); a \.gz name needs gzip-compressed",
+        ),
+        (
+            "1\t2\t3\n1\t2\n",
+            "log.tsv",
+            {"header": False, "names": ["user_id", "item_id", "timestamp"]},
+            r"log\.tsv, row 2: 2 fields, expected 3 like data\.names; every row needs the same "
+            r"number of tab-separated fields$",
+        ),
+    ],
+)
+def test_wrong_format_gets_one_line_naming_the_cause(tmp_path, content, name, options, message):
+    path = write(tmp_path, content, name=name)
+    with pytest.raises(DataError, match=message) as err:
+        load_events(path, cache=False, **options)
+    assert "\n" not in str(err.value)
+
+
+def test_format_options_are_checked(tmp_path):
+    path = write(tmp_path, "u,i,t\n1,2,3\n")
+    cols = {"user_id": "u", "item_id": "i", "timestamp": "t"}
+    with pytest.raises(ConfigError, match=r"header=false with a column mapping needs names"):
+        load_events(path, columns=cols, header=False, cache=False)
+    with pytest.raises(ConfigError, match=r"separator='' must be a non-empty string"):
+        load_events(path, separator="", cache=False)
+    with pytest.raises(ConfigError, match=r"ids='sorted' is not known"):
+        load_events(path, ids="sorted", cache=False)
+    with pytest.raises(ConfigError, match=r"names='u' must be a list"):
+        load_events(path, names="u", cache=False)
+
+
+def test_load_phases_are_logged_with_row_counts(tmp_path, caplog):
+    path = write(tmp_path, HEADER + "9,0,5.0,0\n8,1,1.0,0\n")
+    with caplog.at_level("INFO", logger="tempint.data.events"), pytest.warns(UnsortedInputWarning):
+        load_events(path, cache=False)
+    text = caplog.text
+    size = f"reading {path.stat().st_size} bytes"
+    for phase in (size, "read 2 rows", "sorting 2 rows", "renumbering user_id"):
+        assert phase in text, phase
+    assert "2 interactions, 2 users, 2 items, loaded in" in text

@@ -17,6 +17,8 @@ from tempint.data.features import (
     WEEK,
     DeltaScale,
     cyclic_time,
+    earlier_rows,
+    first_of_key,
     interaction_tags,
     node_deltas,
     partner_history,
@@ -292,3 +294,25 @@ def test_build_stream_scales_with_training_rows_only(frame):
     np.testing.assert_allclose(
         a.delta_item.numpy(), (di - raw_item.mean()) / raw_item.std(), rtol=1e-6
     )
+
+
+def test_earlier_rows_and_first_of_key_by_hand():
+    key = np.array([5, 3, 5, 5, 3, 9])
+    rank, previous = earlier_rows(key)
+    assert rank.tolist() == [0, 0, 1, 2, 1, 0]
+    assert previous.tolist() == [-1, -1, 0, 2, 1, -1]
+    wide = key + 10**12  # beyond int16: the general sort path
+    assert [a.tolist() for a in earlier_rows(wide)] == [rank.tolist(), previous.tolist()]
+    assert first_of_key(key).tolist() == [True, True, False, False, False, True]
+    assert [a.size for a in earlier_rows(np.zeros(0, dtype=np.int64))] == [0, 0]
+
+
+def test_shared_node_rows_give_the_same_features(frame):
+    users, items = frame["user_id"].to_numpy(), frame["item_id"].to_numpy()
+    user_rows, item_rows = earlier_rows(users), earlier_rows(items)
+    for a, b in zip(node_deltas(frame), node_deltas(frame, user_rows, item_rows), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(previous_item(frame), previous_item(frame, user_rows))
+    shared = interaction_tags(frame, 6, user_rows, item_rows)
+    for name, values in interaction_tags(frame, 6).items():
+        np.testing.assert_array_equal(values, shared[name])

@@ -298,3 +298,26 @@ def test_exact_segments_hand_made():
 def test_bad_values_name_the_key(make, key):
     with pytest.raises(ConfigError, match=key):
         make()
+
+
+SAMPLERS = st.sampled_from(
+    [
+        TBatchSampler(num_windows=1),
+        TBatchSampler(num_windows=7),
+        TBatchSampler(timespan=2.5),
+        ChronoSampler(batch_size=3, steps=2),
+        ChronoSampler(batch_size=50, steps=8),
+        ShuffleSampler(batch_size=4, seed=1),
+        SequenceSampler(length=4, batch_size=2),
+        SequenceSampler(length=5, stride=2, batch_size=3),
+    ]
+)
+
+
+@SETTINGS
+@given(stream=streams(), sampler=SAMPLERS)
+def test_num_chunks_is_the_number_of_chunks_planned(stream, sampler):
+    users, items, t, start, end = stream
+    planned = sampler.plan(users, items, t, start, end)
+    assert sampler.num_chunks(t, start, end) == len(planned)
+    assert sampler.num_chunks(t, end, end) == len(sampler.plan(users, items, t, end, end)) == 0

@@ -114,8 +114,10 @@ def test_invalid_parameters(kwargs, message):
 
 
 def test_unknown_shape():
-    with pytest.raises(ConfigError, match="shape 'amazon' is not known; known: lastfm, reddit"):
-        generate_shape("amazon")
+    with pytest.raises(
+        ConfigError, match="shape 'ebay' is not known; known: amazon, lastfm, ml20m, reddit"
+    ):
+        generate_shape("ebay")
 
 
 def test_jodie_csv_round_trip(tmp_path):
@@ -124,10 +126,10 @@ def test_jodie_csv_round_trip(tmp_path):
     assert path.read_text().splitlines()[0] == (
         "user_id,item_id,timestamp,state_label,comma_separated_list_of_features"
     )
-    log = load_events(path, cache=False)
+    log = load_events(path, cache=False, ids="keep")
     assert log.frame.equals(frame)
     assert log.features.shape == (400, 4)
-    plain = load_events(to_jodie_csv(frame, tmp_path / "plain.csv"), cache=False)
+    plain = load_events(to_jodie_csv(frame, tmp_path / "plain.csv"), cache=False, ids="keep")
     assert plain.frame.equals(frame) and plain.features is None
 
 
@@ -153,3 +155,53 @@ def test_ratings_never_repeat_and_are_seeded():
     assert again.equals(frame)
     with pytest.raises(ConfigError):
         generate_ratings(num_items=5, per_user=10)
+
+
+# ----------------------------------------------------------------- catalogue shapes
+
+
+@pytest.mark.parametrize(("name", "scale"), [("ml20m", 0.01), ("amazon", 0.02)])
+def test_catalogue_shapes_have_their_sizes_and_no_pair_twice(name, scale):
+    from tempint.data.synthetic import CATALOGUES
+
+    shape = CATALOGUES[name]
+    frame = generate_shape(name, scale=scale)
+    items = round(shape["num_items"] * scale) if shape["scale_items"] else shape["num_items"]
+    assert frame.height == round(shape["num_interactions"] * scale)
+    assert dict(frame.schema) == COLUMNS
+    assert frame["timestamp"].is_sorted()
+    assert repeat_rate(frame) == 0.0
+    # contiguous ids: every user and every item occurs, so nothing is a phantom
+    assert (
+        frame["user_id"].n_unique()
+        == frame["user_id"].max() + 1
+        == round(shape["num_users"] * scale)
+    )
+    assert frame["item_id"].n_unique() == frame["item_id"].max() + 1 == items
+    per_item = frame.group_by("item_id").len()["len"].sort(descending=True).to_numpy()
+    top = per_item[: max(1, len(per_item) // 100)].sum() / frame.height
+    assert top > 0.1  # long-tailed: the top 1% of items hold over a tenth of the events
+    per_user = frame.group_by("user_id").len()["len"]
+    if name == "ml20m":
+        assert per_user.min() >= 20 and 50 <= per_user.median() <= 90
+    else:
+        assert (per_user <= 3).mean() > 0.8
+
+
+def test_catalogue_is_seeded_and_refuses_the_impossible():
+    from tempint.data.synthetic import generate_catalogue
+
+    a = generate_catalogue(50, 30, 200, seed=1)
+    assert a.equals(generate_catalogue(50, 30, 200, seed=1))
+    assert not a.equals(generate_catalogue(50, 30, 200, seed=2))
+    with pytest.raises(ConfigError, match="cannot be spread over 5 users without a pair twice"):
+        generate_catalogue(5, 30, 100)
+
+
+def test_heavy_users_still_get_distinct_items():
+    from tempint.data.synthetic import generate_catalogue
+
+    # ten users share 300 events over 30 items: each takes ~its cap of 10 items
+    frame = generate_catalogue(30, 30, 300, per_user_min=10, item_popularity_alpha=2.0)
+    assert repeat_rate(frame) == 0.0
+    assert frame.group_by("user_id").len()["len"].max() <= 10

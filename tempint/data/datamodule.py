@@ -16,6 +16,7 @@ from tempint.data.batch import Chunk, Interactions
 from tempint.data.features import (
     DeltaScale,
     cyclic_time,
+    earlier_rows,
     interaction_tags,
     node_deltas,
     partner_history,
@@ -59,7 +60,10 @@ def build_stream(
     users = frame["user_id"].to_numpy().astype(np.int64)
     items = frame["item_id"].to_numpy().astype(np.int64)
     t = frame["timestamp"].to_numpy().astype(np.float64)
-    du, di = node_deltas(frame)
+    log.info("features of %s interactions", f"{len(t):,}")
+    # each node's earlier rows, shared by the features below (one sort per side)
+    user_rows, item_rows = earlier_rows(users), earlier_rows(items)
+    du, di = node_deltas(frame, user_rows, item_rows)
     train = slice(0, split.train_end)
     user_scale = DeltaScale.fit(du[train])
     item_scale = DeltaScale.fit(di[train])
@@ -76,7 +80,8 @@ def build_stream(
         )
     if edge_features is not None:
         columns["edge_features"] = torch.from_numpy(np.ascontiguousarray(edge_features, np.float32))
-    tags = {k: torch.from_numpy(v) for k, v in interaction_tags(frame, split.train_end).items()}
+    tags = interaction_tags(frame, split.train_end, user_rows, item_rows)
+    tags = {k: torch.from_numpy(v) for k, v in tags.items()}
     label = frame["state_label"].to_numpy() if "state_label" in frame.columns else np.zeros(len(t))
     return Interactions(
         user=torch.from_numpy(users),
@@ -85,7 +90,7 @@ def build_stream(
         state_label=torch.from_numpy(label.astype(np.int64)),
         delta_user=torch.from_numpy(user_scale(du)),
         delta_item=torch.from_numpy(item_scale(di)),
-        prev_item=torch.from_numpy(previous_item(frame)),
+        prev_item=torch.from_numpy(previous_item(frame, user_rows)),
         cyclic=torch.from_numpy(cyclic_time(t)),
         index=torch.arange(len(t)),
         tags=tags,
@@ -118,14 +123,24 @@ def plan_to_chunk(stream: Interactions, plan: ChunkPlan) -> Chunk:
 
 
 class _ChunkStream(IterableDataset):
-    """The chunks of an epoch, made lazily (shuffled samplers reseed by epoch)."""
+    """The chunks of an epoch, made lazily (shuffled samplers reseed by epoch).
 
-    def __init__(self, make_chunks, epoch_of=lambda: 0):
+    `count(epoch)` is the number of chunks the epoch yields: its length, so a progress
+    bar shows a total and an ETA (Lightning ends an epoch after that many batches).
+    """
+
+    def __init__(self, make_chunks, epoch_of=lambda: 0, count=None):
         self.make_chunks = make_chunks
         self.epoch_of = epoch_of
+        self.count = count
 
     def __iter__(self) -> Iterator[Chunk]:
         yield from self.make_chunks(self.epoch_of())
+
+    def __len__(self) -> int:
+        if self.count is None:
+            raise TypeError("this chunk stream has no length")
+        return int(self.count(self.epoch_of()))
 
 
 class InteractionDataModule(L.LightningDataModule):
@@ -144,6 +159,10 @@ class InteractionDataModule(L.LightningDataModule):
         columns: Mapping[str, str] | None = None,
         num_users: int | None = None,
         num_items: int | None = None,
+        ids: str | None = None,
+        separator: str | None = None,
+        header: bool | None = None,
+        names: list[str] | None = None,
         val: float = 0.1,
         test: float = 0.1,
         history_k: int = 0,
@@ -163,6 +182,14 @@ class InteractionDataModule(L.LightningDataModule):
         self.columns = dict(columns) if columns else None
         self.declared_users = num_users
         self.declared_items = num_items
+        # how the file is read (None: the loader's or the registry's default)
+        self.read_options = {
+            key: value
+            for key, value in dict(ids=ids, separator=separator, header=header, names=names).items()
+            if value is not None
+        }
+        if "names" in self.read_options:
+            self.read_options["names"] = list(self.read_options["names"])
         self.val_fraction = val
         self.test_fraction = test
         self.history_k = int(history_k)
@@ -178,7 +205,11 @@ class InteractionDataModule(L.LightningDataModule):
         self.stream: Interactions | None = None
         self.split: Split | None = None
         self.source = ""
+        # the source's id of each user / item index (None: ids used as given)
+        self.user_ids: pl.Series | None = None
+        self.item_ids: pl.Series | None = None
         self._train_plans: list[ChunkPlan] | None = None
+        self._eval_plans: dict[tuple[str, str], list[ChunkPlan]] = {}
         self._eval_cache: dict[tuple[str, str], list[Chunk]] = {}
 
     # ---- loading -------------------------------------------------------------------
@@ -195,20 +226,22 @@ class InteractionDataModule(L.LightningDataModule):
             return frame, None, users, items
         from tempint.data.events import load_events
 
-        options = dict(keep_features=self.use_edge_features)
+        options = dict(keep_features=self.use_edge_features, **self.read_options)
+        for key, value in (
+            ("columns", self.columns),
+            ("num_users", self.declared_users),
+            ("num_items", self.declared_items),
+        ):
+            if value is not None:
+                options[key] = value
         if self.path:
-            log_ = load_events(
-                self.path,
-                columns=self.columns,
-                num_users=self.declared_users,
-                num_items=self.declared_items,
-                **options,
-            )
+            log_ = load_events(self.path, **options)
         else:
             from tempint.data.registry import load_dataset
 
             log_ = load_dataset(self.name, root=self.root, download=self.download, **options)
         self.source = log_.source
+        self.user_ids, self.item_ids = log_.user_ids, log_.item_ids
         features = log_.features if self.use_edge_features else None
         return log_.frame, features, log_.num_users, log_.num_items
 
@@ -247,6 +280,14 @@ class InteractionDataModule(L.LightningDataModule):
         if deterministic:
             self._train_plans = plans
         return plans
+
+    def num_train_chunks(self, epoch: int = 0) -> int:
+        """Chunks of a training epoch, counted without planning it where the sampler can."""
+        if self._train_plans is not None:
+            return len(self._train_plans)
+        if hasattr(self.sampler, "num_chunks"):
+            return self.sampler.num_chunks(self._t, 0, self.split.train_end)
+        return len(self.train_plans(epoch))
 
     @property
     def windowed(self) -> bool:
@@ -317,23 +358,30 @@ class InteractionDataModule(L.LightningDataModule):
         twice, for models whose state is per user). With `device`, the chunks are kept
         there: a GPU run copies its evaluation stream once, not at every validation.
         """
-        planner = {
-            "eval": self.eval_plans,
-            "exact": self.exact_plans,
-            "contiguous": self.contiguous_plans,
-            "blocks": self.block_plans,
-            "users": self.user_plans,
-        }[kind]
         device = torch.device("cpu" if device is None else device)
         key = (stage, kind, str(device))
         if key in self._eval_cache:
             return self._eval_cache[key]
-        plans = planner(stage)
+        plans = self.eval_plans_of(stage, kind)
         rows = sum(p.num_interactions for p in plans)
         if rows * (2 * self.history_k + 24) * 8 > self.EVAL_CACHE_BYTES:
             return (chunk.to(device) for chunk in self.chunks(plans))
         self._eval_cache[key] = [chunk.to(device) for chunk in self.chunks(plans)]
         return self._eval_cache[key]
+
+    def eval_plans_of(self, stage: str, kind: str = "eval") -> list[ChunkPlan]:
+        """The plans behind `eval_chunks(stage, kind)`, made once."""
+        key = (stage, kind)
+        if key not in self._eval_plans:
+            planner = {
+                "eval": self.eval_plans,
+                "exact": self.exact_plans,
+                "contiguous": self.contiguous_plans,
+                "blocks": self.block_plans,
+                "users": self.user_plans,
+            }[kind]
+            self._eval_plans[key] = planner(stage)
+        return self._eval_plans[key]
 
     # ---- loaders ---------------------------------------------------------------------
     def _current_epoch(self) -> int:
@@ -345,17 +393,25 @@ class InteractionDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
 
-    def _loader(self, make_chunks, pin_memory: bool = False) -> DataLoader:
-        dataset = _ChunkStream(make_chunks, self._current_epoch)
+    def _loader(self, make_chunks, count, pin_memory: bool = False) -> DataLoader:
+        dataset = _ChunkStream(make_chunks, self._current_epoch, count)
         return DataLoader(dataset, batch_size=None, num_workers=0, pin_memory=pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         # pinned chunks let the module's non-blocking copies overlap with queued GPU work
         pin = self._device().type == "cuda"
-        return self._loader(lambda epoch: self.chunks(self.train_plans(epoch)), pin)
+        return self._loader(
+            lambda epoch: self.chunks(self.train_plans(epoch)), self.num_train_chunks, pin
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_chunks("val", self.val_kind, self._device()))
+        return self._loader(
+            lambda epoch: self.eval_chunks("val", self.val_kind, self._device()),
+            lambda epoch: len(self.eval_plans_of("val", self.val_kind)),
+        )
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(lambda epoch: self.eval_chunks("test", device=self._device()))
+        return self._loader(
+            lambda epoch: self.eval_chunks("test", device=self._device()),
+            lambda epoch: len(self.eval_plans_of("test")),
+        )

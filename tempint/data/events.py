@@ -3,12 +3,20 @@
 Every later stage trusts the log: ids are 0-based integers, timestamps are finite and
 sorted, so a malformed file has to be caught here, with the file, row and column named.
 
+Ids: every table downstream is indexed by id, so a source's own ids (integers with gaps,
+ids from 1, 10^12 offsets, strings) are renumbered 0..U-1 and 0..I-1 per side, in order
+of first appearance in time order, and the original id of every index is kept
+(`EventLog.user_ids` / `item_ids`) for whatever shows an id to a person. A side keeps its
+ids as given when the caller declares its range (`num_users` / `num_items`) or asks for
+`ids="keep"` (the JODIE files, whose ids are already 0-based indices).
+
 Sources:
 - the original JODIE CSV: a header line whose names are ignored (JODIE's header has five
   names while its rows have 4 + k fields), then rows `user_id,item_id,timestamp,
   state_label,f1..fk`, read by position; the k features become a float32 matrix;
 - a parquet file with the columns `user_id, item_id, timestamp[, state_label]`;
-- any CSV (with a header line) or parquet file, read by name through `columns`.
+- any CSV (with a header line, or `names` for a file without one) or parquet file, read
+  by name through `columns`; any separator (tab, `::`, ...); gzip when named `.gz`.
 
 Row numbers in messages: for a CSV, the line number in the file (the header is line 1,
 so the first data row is row 2); for parquet, the 1-based position of the record.
@@ -17,6 +25,7 @@ so the first data row is row 2); for parquet, the 1-based position of the record
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -24,8 +33,9 @@ import logging
 import operator
 import os
 import tempfile
+import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,10 +65,15 @@ COLUMNS = {
     "state_label": pl.Int8,
 }
 # Bump when the cached layout or the loader's semantics change: old caches are rebuilt.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 _BOM = b"\xef\xbb\xbf"
 _PARQUET_MAGIC = b"PAR1"
+_GZIP_MAGIC = b"\x1f\x8b"
+# Separators a file may use, named for messages (a line holding one of these and not the
+# configured separator was read with the wrong one).
+_SEPARATOR_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe", "::": "'::'"}
+ID_MODES = ("renumber", "keep")
 
 
 class UnsortedInputWarning(UserWarning):
@@ -71,8 +86,10 @@ class EventLog:
 
     `frame` has the columns of `COLUMNS`, sorted by timestamp with ties kept in file
     order; ids are 0-based per side, so `num_users` / `num_items` size the embedding
-    tables (max id + 1, or the declared count). `features` is [N, F] float32, row i
-    belonging to frame row i, or None when the source has none.
+    tables (the number of distinct ids when renumbered, else max id + 1 or the declared
+    count). `features` is [N, F] float32, row i belonging to frame row i, or None when
+    the source has none. `user_ids[k]` / `item_ids[k]` is the source's id of index k
+    (integers or strings), None when the side's ids were kept as given.
     """
 
     frame: pl.DataFrame
@@ -80,6 +97,8 @@ class EventLog:
     num_items: int
     features: np.ndarray | None = None
     source: str = ""
+    user_ids: pl.Series | None = None
+    item_ids: pl.Series | None = None
 
     @property
     def num_interactions(self) -> int:
@@ -89,6 +108,14 @@ class EventLog:
     def num_unique_edges(self) -> int:
         """Distinct (user, item) pairs: 1 - this / num_interactions is the repeat rate."""
         return self.frame.select(pl.struct("user_id", "item_id").n_unique()).item()
+
+    def original_ids(self, side: Literal["user", "item"], index) -> list:
+        """The source's ids of indices `index` (what a person should be shown)."""
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        mapping = self.user_ids if side == "user" else self.item_ids
+        if mapping is None:
+            return index.tolist()
+        return mapping.gather(index).to_list()
 
 
 def load_events(
@@ -101,15 +128,25 @@ def load_events(
     keep_features: bool = True,
     cache: bool = True,
     file_format: Literal["csv", "parquet"] | None = None,
+    ids: Literal["renumber", "keep"] = "renumber",
+    separator: str | None = None,
+    header: bool | None = None,
+    names: Sequence[str] | None = None,
 ) -> EventLog:
     """Read, validate and sort an interaction log, through a cache beside the source.
 
     `columns` maps canonical names to the file's column names (read by name; the CSV
-    needs a header line); without it a CSV is read by position in the JODIE layout.
-    Integer ids are kept as given; non-integer ids of a mapped column (strings such as
-    "alice") are numbered 0.. in order of first appearance in time order. Timestamps
-    may be numbers (seconds) or ISO 8601 datetimes (turned into epoch seconds).
-    `num_users` / `num_items` declare the id ranges (ids must be below them).
+    needs a header line or `names`); without either a CSV is read by position in the
+    JODIE layout. Ids are renumbered 0.. per side in order of first appearance in time
+    order, the source's ids kept in `EventLog.user_ids` / `item_ids`; `ids="keep"` keeps
+    integer ids as given (max id + 1 sizes the tables; strings are still numbered).
+    `num_users` / `num_items` declare a side's id range: its ids are kept and must be
+    below it. Timestamps may be numbers (seconds) or ISO 8601 datetimes (turned into
+    epoch seconds).
+    `separator` (default ",", or tab for a `.tsv` name; several characters such as
+    "::" allowed), `header` (None: a JODIE CSV's header line is detected, a mapped CSV
+    has one; False: none) and `names` (the file's column names in order, for a file
+    without a header line) describe a CSV; a name ending in `.gz` is decompressed.
     The cache of a CSV source (`cache_dir`, default `.cache` beside the source) holds
     the processed log; it is reused while the source and options are unchanged.
     `cache=False` skips it.
@@ -121,6 +158,12 @@ def load_events(
     num_items = _count("num_items", num_items)
     if file_format not in (None, "csv", "parquet"):
         raise ConfigError(f"file_format={file_format!r} is not supported; use 'csv' or 'parquet'")
+    if ids not in ID_MODES:
+        raise ConfigError(f"ids={ids!r} is not known; use 'renumber' or 'keep' (data.ids)")
+    separator = _check_separator(separator, path)
+    names = _check_names(names)
+    if header not in (None, True, False):
+        raise ConfigError(f"header={header!r} must be true, false or null (data.header)")
     if not path.is_file():
         where = path.expanduser().absolute()
         raise DataError(
@@ -132,6 +175,10 @@ def load_events(
         "num_items": num_items,
         "keep_features": bool(keep_features),
         "file_format": file_format,
+        "ids": ids,
+        "separator": separator,
+        "header": header,
+        "names": names,
     }
     fmt = file_format or _sniff_format(path)
     # A parquet source reads as fast as the cache would: only CSV sources are cached.
@@ -143,13 +190,26 @@ def load_events(
             return cached
 
     stat = path.stat()
+    started = time.perf_counter()
+    log.info("%s: reading %s bytes", path, f"{stat.st_size:,}")
     raw = path.read_bytes()
     if fmt == "parquet":
         table = _read_parquet(path, raw, mapping)
     else:
-        table = _read_csv(path, raw, mapping, keep_features)
+        text = _decompress(path, raw)
+        table = _read_csv(path, text, mapping, keep_features, separator, header, names)
+        del text
     refuse_missing_ids(path, table.data, table.rows, table.labels)
-    events, unsorted = _build(path, table, num_users, num_items, keep_features)
+    log.info("%s: read %s rows", path, f"{len(table.rows):,}")
+    events, unsorted = _build(path, table, num_users, num_items, keep_features, ids)
+    log.info(
+        "%s: %s interactions, %s users, %s items, loaded in %.1f s",
+        path,
+        f"{events.num_interactions:,}",
+        f"{events.num_users:,}",
+        f"{events.num_items:,}",
+        time.perf_counter() - started,
+    )
     if unsorted:
         _warn_unsorted(path, unsorted, events.num_interactions)
     warn_anomalies(path, events)
@@ -167,6 +227,7 @@ def load_events(
             "num_items": events.num_items,
             "num_features": 0 if events.features is None else int(events.features.shape[1]),
             "unsorted_rows": unsorted,
+            "id_maps": [k for k in ("user_ids", "item_ids") if getattr(events, k) is not None],
         }
         _write_cache(cache_files, events, manifest)
     return events
@@ -224,14 +285,66 @@ def _check_columns(columns: Mapping[str, str] | None) -> dict[str, str] | None:
     return mapping
 
 
+def _check_separator(separator: object, path: Path) -> str:
+    """The field separator: given, else tab for a `.tsv` name, else comma."""
+    if separator is None:
+        return "\t" if ".tsv" in [s.lower() for s in path.suffixes] else ","
+    if not isinstance(separator, str) or not separator or "\n" in separator:
+        raise ConfigError(
+            f"separator={separator!r} must be a non-empty string such as ',', '\\t' or '::' "
+            "(data.separator)"
+        )
+    # A command line cannot easily pass a tab: accept its escape.
+    return "\t" if separator == "\\t" else separator
+
+
+def _check_names(names: object) -> list[str] | None:
+    if names is None:
+        return None
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise ConfigError(
+            f"names={names!r} must be a list of the file's column names "
+            "(data.names, e.g. [user_id, item_id, rating, timestamp])"
+        )
+    return [str(n) for n in names]
+
+
 def _sniff_format(path: Path) -> str:
+    """parquet or csv, from the name; content that contradicts the name is refused."""
+    suffixes = [s.lower() for s in path.suffixes]
     suffix = path.suffix.lower()
+    with path.open("rb") as f:
+        magic = f.read(4)
     if suffix in (".parquet", ".pq"):
         return "parquet"
-    if suffix in (".csv", ".txt"):
+    if suffix == ".gz":
         return "csv"
-    with path.open("rb") as f:
-        return "parquet" if f.read(4) == _PARQUET_MAGIC else "csv"
+    if magic == _PARQUET_MAGIC:
+        if suffix in (".csv", ".tsv", ".txt", ".dat", ".data"):
+            raise DataError(
+                f"{path}: the file is parquet, not {suffix[1:]} text; name it "
+                f"{path.stem}.parquet (or pass file_format='parquet')"
+            )
+        return "parquet"
+    if magic[:2] == _GZIP_MAGIC:
+        plain = path.name if suffixes else f"{path.name}.csv"
+        raise DataError(
+            f"{path}: the file is gzip-compressed but its name does not end in .gz; "
+            f"name it {plain}.gz (it is then decompressed on reading) or decompress it"
+        )
+    return "csv"
+
+
+def _decompress(path: Path, raw: bytes) -> bytes:
+    if path.suffix.lower() != ".gz":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError) as err:
+        raise DataError(
+            f"{path}: not a readable gzip file ({_first_line(err)}); a .gz name needs "
+            "gzip-compressed content"
+        ) from err
 
 
 def _read_parquet(path: Path, raw: bytes, mapping: dict[str, str] | None) -> _Table:
@@ -248,7 +361,13 @@ def _read_parquet(path: Path, raw: bytes, mapping: dict[str, str] | None) -> _Ta
 
 
 def _read_csv(
-    path: Path, raw: bytes, mapping: dict[str, str] | None, keep_features: bool
+    path: Path,
+    raw: bytes,
+    mapping: dict[str, str] | None,
+    keep_features: bool,
+    sep: str = ",",
+    header: bool | None = None,
+    names: list[str] | None = None,
 ) -> _Table:
     """Parse with polars in one pass; scan lines with numpy only when something is off.
 
@@ -266,10 +385,24 @@ def _read_csv(
     if b"\r" in raw:
         _check_carriage(path, raw)
     line, start, head = _first_nonblank(raw, 0, 0)
-    if mapping is None:
-        header = not _is_int(head.split(",", 1)[0].strip())
+    _check_separator_used(path, line, head, sep)
+    sep_name = _SEPARATOR_NAMES.get(sep, repr(sep))
+    if len(sep) > 1:
+        raw, sep = _single_byte_separator(raw, sep)
+        line, start, head = _first_nonblank(raw, 0, 0)
+    if names is not None:
+        mapping = mapping or {}
+        header = bool(header)
+    elif mapping is None:
+        if header is None:
+            header = not _is_int(head.split(sep, 1)[0].strip())
         if header:
-            _check_header_order(path, head)
+            _check_header_order(path, head, sep)
+    elif header is False:
+        raise ConfigError(
+            f"{path}: header=false with a column mapping needs names, the file's column "
+            "names in order (data.names)"
+        )
     else:
         header = True
     data_line, data_start = line, start
@@ -286,11 +419,23 @@ def _read_csv(
     skip, offset, row = _first_nonblank(region, 0, 0)
     region, data_line = region[offset:], data_line + skip
     if mapping is None:
-        return _read_jodie(path, region, data_line, row.count(",") + 1, keep_features)
-    return _read_named(path, region, data_line, head, mapping)
+        fields = row.count(sep) + 1
+        return _read_jodie(path, region, data_line, fields, keep_features, sep, sep_name)
+    found = names if names is not None else [n.strip() for n in _split_quoted(head, sep)]
+    return _read_named(
+        path, region, data_line, found, mapping, sep, sep_name, head if header else ""
+    )
 
 
-def _read_jodie(path: Path, region: bytes, first: int, fields: int, keep_features: bool) -> _Table:
+def _read_jodie(
+    path: Path,
+    region: bytes,
+    first: int,
+    fields: int,
+    keep_features: bool,
+    sep: str = ",",
+    sep_name: str = "comma",
+) -> _Table:
     if fields < 4:
         fields = None  # let the scan name the short line
     names = list(COLUMNS) + [f"f{i}" for i in range(1, (fields or 4) - 3)]
@@ -299,15 +444,15 @@ def _read_jodie(path: Path, region: bytes, first: int, fields: int, keep_feature
     # Without features, the last field is still read: a short row leaves it empty.
     columns = None if project else sorted({0, 1, 2, 3, len(names) - 1})
     try:
-        frame = _csv(region, schema, columns)
+        frame = _csv(region, schema, columns, sep)
         error = None if fields else DataError(f"{path}: rows have fewer than 4 fields")
     except Exception as err:  # polars raises several kinds for one bad cell
         frame, error = None, err
     if error is not None or not _one_record_per_line(frame, region):
-        rows, keep = _scan(path, region, first, None, "most rows")
+        rows, keep = _scan(path, region, first, None, "most rows", sep, sep_name)
         if error is not None:
             if project:  # a feature cell is not a number: read as text to name it
-                frame = _keep(path, _csv(region, {n: pl.String for n in names}, None), keep)
+                frame = _keep(path, _csv(region, {n: pl.String for n in names}, None, sep), keep)
                 for name in names[4:]:
                     _parse_float(path, frame.get_column(name), rows, name)
             raise DataError(f"{path}: not a readable CSV file ({_first_line(error)})") from error
@@ -330,16 +475,30 @@ def _read_jodie(path: Path, region: bytes, first: int, fields: int, keep_feature
 
 
 def _read_named(
-    path: Path, region: bytes, first: int, head: str, mapping: dict[str, str]
+    path: Path,
+    region: bytes,
+    first: int,
+    found: list[str],
+    mapping: dict[str, str],
+    sep: str = ",",
+    sep_name: str = "comma",
+    head: str = "",
 ) -> _Table:
-    """A CSV with a header line, columns picked by name; quoted fields are allowed.
+    """A CSV whose columns are named (header line or `names`), picked by name; quoted
+    fields are allowed.
 
     `region` holds the data rows, from 0-based line `first` of the file.
     """
-    names = _unique([n.strip() for n in _split_quoted(head)])
+    names = _unique(found)
     if b'"' in region or '"' in head:
         try:
-            frame = pl.read_csv(region, has_header=False, infer_schema=False, encoding="utf8-lossy")
+            frame = pl.read_csv(
+                region,
+                has_header=False,
+                infer_schema=False,
+                encoding="utf8-lossy",
+                separator=sep,
+            )
         except Exception as err:  # polars raises several kinds for a bad file
             raise DataError(f"{path}: not a readable CSV file ({_first_line(err)})") from err
         if frame.width != len(names):
@@ -353,12 +512,13 @@ def _read_named(
         rows = np.arange(frame.height, dtype=np.int64) + first + 1
     else:
         try:
-            frame = _csv(region, {n: pl.String for n in names}, None)
+            frame = _csv(region, {n: pl.String for n in names}, None, sep)
             error = None
         except Exception as err:  # polars raises several kinds for a bad file
             frame, error = None, err
         if error is not None or not _one_record_per_line(frame, region):
-            rows, keep = _scan(path, region, first, len(names), "the header")
+            like = "the header" if head else "data.names"
+            rows, keep = _scan(path, region, first, len(names), like, sep, sep_name)
             if error is not None:
                 raise DataError(
                     f"{path}: not a readable CSV file ({_first_line(error)})"
@@ -393,8 +553,30 @@ def _pick(
     return names, labels
 
 
-def _split_quoted(head: str) -> list[str]:
-    return next(csv.reader([head]), [])
+def _split_quoted(head: str, sep: str = ",") -> list[str]:
+    return next(csv.reader([head], delimiter=sep), [])
+
+
+def _check_separator_used(path: Path, line: int, head: str, sep: str) -> None:
+    """A first line without the separator but with another one was read with the wrong one."""
+    if sep in head:
+        return
+    for other, name in _SEPARATOR_NAMES.items():
+        if other != sep and other in head:
+            shown = "\\t" if other == "\t" else other
+            raise DataError(
+                f"{path}, row {line + 1}: the fields are {name}-separated, not separated by "
+                f"{_SEPARATOR_NAMES.get(sep, repr(sep))}; set data.separator to '{shown}'"
+            )
+
+
+def _single_byte_separator(raw: bytes, sep: str) -> tuple[bytes, str]:
+    """The reader splits on one byte: stand a control byte the file lacks for `sep`."""
+    for code in (0x1F, 0x1E, 0x1D, 0x1C, 0x01):
+        byte = bytes([code])
+        if byte not in raw:
+            return raw.replace(sep.encode(), byte), byte.decode()
+    raise DataError(f"the separator {sep!r} cannot be stood in for: the file holds control bytes")
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -407,7 +589,7 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _csv(region: bytes, schema: dict, projection: list[int] | None) -> pl.DataFrame:
+def _csv(region: bytes, schema: dict, projection: list[int] | None, sep: str = ",") -> pl.DataFrame:
     return pl.read_csv(
         region,
         has_header=False,
@@ -416,6 +598,7 @@ def _csv(region: bytes, schema: dict, projection: list[int] | None) -> pl.DataFr
         quote_char=None,
         encoding="utf8-lossy",
         raise_if_empty=False,
+        separator=sep,
     )
 
 
@@ -437,7 +620,13 @@ def _one_record_per_line(frame: pl.DataFrame, region: bytes) -> bool:
 
 
 def _scan(
-    path: Path, region: bytes, first: int, expected: int | None, like: str
+    path: Path,
+    region: bytes,
+    first: int,
+    expected: int | None,
+    like: str,
+    sep: str = ",",
+    sep_name: str = "comma",
 ) -> tuple[np.ndarray, pl.Series]:
     """Line numbers of the records and a mask dropping blank lines; raise on ragged rows.
 
@@ -450,7 +639,7 @@ def _scan(
     starts = np.concatenate(([0], newlines + 1))[: len(ends)]
     stops = ends - ((ends > starts) & (buf[np.maximum(ends - 1, 0)] == 13))
     blank = stops == starts
-    commas = np.flatnonzero(buf == 44)
+    commas = np.flatnonzero(buf == ord(sep))
     fields = np.searchsorted(commas, stops) - np.searchsorted(commas, starts) + 1
     lines = np.flatnonzero(~blank)
     if lines.size == 0:
@@ -468,7 +657,7 @@ def _scan(
         line = int(bad[0])
         raise DataError(
             f"{path}, row {first + line + 1}: {int(fields[line])} fields, expected {expected} "
-            f"like {like}; every row needs the same number of comma-separated fields"
+            f"like {like}; every row needs the same number of {sep_name}-separated fields"
         )
     return lines.astype(np.int64) + first + 1, pl.Series(~blank)
 
@@ -499,9 +688,9 @@ def _check_carriage(path: Path, raw: bytes) -> None:
         )
 
 
-def _check_header_order(path: Path, head: str) -> None:
+def _check_header_order(path: Path, head: str, sep: str = ",") -> None:
     """Positional reading would silently swap columns of a header in another order."""
-    names = [n.strip().strip('"').lower() for n in head.split(",")]
+    names = [n.strip().strip('"').lower() for n in head.split(sep)]
     for pos, key in enumerate(("user_id", "item_id", "timestamp", "state_label")):
         if key in names and names.index(key) != pos:
             raise DataError(
@@ -520,6 +709,7 @@ def _build(
     num_users: int | None,
     num_items: int | None,
     keep_features: bool,
+    ids_mode: str = "renumber",
 ) -> tuple[EventLog, int]:
     rows = table.rows
     ids = {}
@@ -547,20 +737,21 @@ def _build(
     )
     features = table.features if keep_features else None
     if unsorted:
+        log.info("%s: sorting %s rows by timestamp", path, f"{frame.height:,}")
         frame = frame.with_row_index("_pos").sort("timestamp", maintain_order=True)
         if features is not None:
             features = features[frame.get_column("_pos").to_numpy()]
         frame = frame.drop("_pos")
-    counts = {}
+    counts, originals = {}, {}
     for key, declared, name in (
         ("user_id", num_users, "num_users"),
         ("item_id", num_items, "num_items"),
     ):
         col = frame.get_column(key)
         labels = col.dtype == pl.String
-        if labels:
-            first = col.unique(maintain_order=True)
-            col = col.replace_strict(first, np.arange(len(first)), return_dtype=pl.Int64)
+        if labels or (declared is None and ids_mode == "renumber"):
+            log.info("%s: renumbering %s", path, key)
+            col, originals[key] = _renumber(col)
             frame = frame.with_columns(col.alias(key))
         if declared is not None:
             over = (col >= declared).arg_true()
@@ -573,6 +764,8 @@ def _build(
                     f"for {name}={declared} (ids must be below it); raise {name} or leave it unset"
                 )
             counts[key] = declared
+        elif key in originals:
+            counts[key] = len(originals[key])
         else:
             counts[key] = int(col.max()) + 1
     frame = frame.drop("_row").select([pl.col(k).cast(dtype) for k, dtype in COLUMNS.items()])
@@ -582,8 +775,34 @@ def _build(
         num_items=counts["item_id"],
         features=features,
         source=str(path),
+        user_ids=originals.get("user_id"),
+        item_ids=originals.get("item_id"),
     )
     return events, unsorted
+
+
+# Integer ids spanning at most this many values (or 4 per row) are renumbered through a
+# dense lookup table; wider ranges through a hash map.
+_DENSE_SPAN = 1 << 24
+
+
+def _renumber(col: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """Codes 0..n-1 in order of first appearance, and the source's id of each code.
+
+    First appearance (rather than sorted order) makes the codes, hence every result,
+    independent of how the source labels its nodes.
+    """
+    originals = col.unique(maintain_order=True)
+    codes = np.arange(len(originals), dtype=np.int64)
+    if col.dtype.is_integer() and len(col):
+        low, high = int(col.min()), int(col.max())
+        if high - low < max(_DENSE_SPAN, 4 * len(col)):
+            table = np.zeros(high - low + 1, dtype=np.int64)
+            table[originals.to_numpy() - low] = codes
+            values = col.to_numpy()
+            return pl.Series(col.name, table[values - low]), originals.rename("id")
+    mapped = col.replace_strict(originals, codes, return_dtype=pl.Int64)
+    return mapped, originals.rename("id")
 
 
 def _show(series: pl.Series, row: int, rows: np.ndarray) -> str:
@@ -837,6 +1056,8 @@ class _CacheFiles:
     manifest: Path
     frame: Path
     features: Path
+    user_ids: Path
+    item_ids: Path
 
 
 def _cache_files(path: Path, cache_dir: str | os.PathLike | None) -> _CacheFiles:
@@ -848,6 +1069,8 @@ def _cache_files(path: Path, cache_dir: str | os.PathLike | None) -> _CacheFiles
         manifest=stem.with_name(stem.name + ".json"),
         frame=stem.with_name(stem.name + ".parquet"),
         features=stem.with_name(stem.name + ".features.npy"),
+        user_ids=stem.with_name(stem.name + ".user_ids.parquet"),
+        item_ids=stem.with_name(stem.name + ".item_ids.parquet"),
     )
 
 
@@ -880,12 +1103,19 @@ def _read_cache(path: Path, files: _CacheFiles, options: dict) -> EventLog | Non
                 manifest["num_features"],
             ):
                 return None
+        maps = {}
+        for key, count in (("user_ids", "num_users"), ("item_ids", "num_items")):
+            if key in manifest["id_maps"]:
+                maps[key] = pl.read_parquet(getattr(files, key)).to_series()
+                if len(maps[key]) != manifest[count]:
+                    return None
         events = EventLog(
             frame=frame,
             num_users=int(manifest["num_users"]),
             num_items=int(manifest["num_items"]),
             features=features,
             source=str(path),
+            **maps,
         )
     except Exception as err:  # any damage means: rebuild from the source
         log.info("rebuilding the cache of %s (%s)", path, _first_line(err))
@@ -905,6 +1135,13 @@ def _write_cache(files: _CacheFiles, events: EventLog, manifest: dict) -> None:
             _atomic_write(files.features, lambda f: np.save(f, events.features, allow_pickle=False))
         else:
             files.features.unlink(missing_ok=True)
+        for key in ("user_ids", "item_ids"):
+            ids = getattr(events, key)
+            target = getattr(files, key)
+            if ids is not None:
+                _atomic_write(target, ids.to_frame().write_parquet)
+            else:
+                target.unlink(missing_ok=True)
         _atomic_write(files.manifest, lambda f: f.write(_dumps(manifest)))
 
     _try(write)

@@ -3,6 +3,10 @@
 Pure functions of a time-sorted event frame (columns `user_id`, `item_id`, `timestamp`).
 Nothing here looks ahead: every column at row n depends on rows < n only, and scaling
 statistics come from the training split alone.
+
+Per-node quantities (a node's previous row, how many rows it had before) come from one
+stable sort of the node ids (`earlier_rows`): O(N log N) numpy, a few seconds for 20M
+rows, where per-group window expressions took minutes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ __all__ = [
     "DAY",
     "WEEK",
     "DeltaScale",
+    "earlier_rows",
+    "first_of_key",
     "node_deltas",
     "previous_item",
     "cyclic_time",
@@ -49,36 +55,81 @@ class DeltaScale:
         return ((deltas - self.mean) / self.std).astype(np.float32)
 
 
-def node_deltas(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def earlier_rows(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each row: how many earlier rows share its key, and the latest of them (-1: none)."""
+    key = np.asarray(key)
+    n = key.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # a narrow type lets numpy's stable sort use radix sort
+    if key.min() >= 0 and key.max() <= np.iinfo(np.int16).max:
+        key = key.astype(np.int16)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    first = np.ones(n, dtype=bool)
+    np.not_equal(sorted_key[1:], sorted_key[:-1], out=first[1:])
+    del sorted_key
+    group_start = np.flatnonzero(first)[np.cumsum(first) - 1]
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n) - group_start
+    previous_sorted = np.empty(n, dtype=np.int64)
+    previous_sorted[0] = -1
+    previous_sorted[1:] = order[:-1]
+    previous_sorted[first] = -1
+    previous = np.empty(n, dtype=np.int64)
+    previous[order] = previous_sorted
+    return rank, previous
+
+
+def first_of_key(key: np.ndarray) -> np.ndarray:
+    """True where no earlier row has the same key."""
+    n = key.shape[0]
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    first = np.ones(n, dtype=bool)
+    np.not_equal(sorted_key[1:], sorted_key[:-1], out=first[1:])
+    out = np.empty(n, dtype=bool)
+    out[order] = first
+    return out
+
+
+def _column(frame: pl.DataFrame, name: str) -> np.ndarray:
+    return frame.get_column(name).to_numpy()
+
+
+# `earlier_rows` of the user and item columns, computed once by the caller and shared by
+# the functions below (each computes what it is not given).
+Rows = tuple[np.ndarray, np.ndarray]
+
+
+def node_deltas(
+    frame: pl.DataFrame, user_rows: Rows | None = None, item_rows: Rows | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw seconds since the user's / item's previous interaction; 0 at a node's first."""
-    out = frame.select(
-        (pl.col("timestamp") - pl.col("timestamp").shift(1).over("user_id"))
-        .fill_null(0.0)
-        .alias("du"),
-        (pl.col("timestamp") - pl.col("timestamp").shift(1).over("item_id"))
-        .fill_null(0.0)
-        .alias("di"),
-    )
-    return out["du"].to_numpy(), out["di"].to_numpy()
+    t = _column(frame, "timestamp").astype(np.float64, copy=False)
+    out = []
+    for side, rows in (("user_id", user_rows), ("item_id", item_rows)):
+        _, previous = rows if rows is not None else earlier_rows(_column(frame, side))
+        out.append(np.where(previous >= 0, t - t[previous], 0.0))
+    return out[0], out[1]
 
 
-def previous_item(frame: pl.DataFrame) -> np.ndarray:
+def previous_item(frame: pl.DataFrame, user_rows: Rows | None = None) -> np.ndarray:
     """Item of the user's previous interaction, -1 before the user's first."""
-    return (
-        frame.select(pl.col("item_id").shift(1).over("user_id").fill_null(-1))
-        .to_series()
-        .to_numpy()
-        .astype(np.int64)
-    )
+    rows = user_rows if user_rows is not None else earlier_rows(_column(frame, "user_id"))
+    previous = rows[1]
+    item = _column(frame, "item_id").astype(np.int64, copy=False)
+    return np.where(previous >= 0, item[previous], -1)
 
 
 def cyclic_time(t: np.ndarray) -> np.ndarray:
     """[N, 4]: cos/sin of 2πt/day and of 2πt/week (time of day and day of week)."""
-    day = 2 * np.pi * (t % DAY) / DAY
-    week = 2 * np.pi * (t % WEEK) / WEEK
-    return np.stack([np.cos(day), np.sin(day), np.cos(week), np.sin(week)], axis=1).astype(
-        np.float32
-    )
+    out = np.empty((len(t), 4), dtype=np.float32)
+    for col, period in ((0, DAY), (2, WEEK)):
+        phase = 2 * np.pi * (t % period) / period
+        np.cos(phase, out=out[:, col], casting="same_kind")
+        np.sin(phase, out=out[:, col + 1], casting="same_kind")
+    return out
 
 
 def partner_history(
@@ -116,7 +167,12 @@ def partner_history(
     return partners, gaps
 
 
-def interaction_tags(frame: pl.DataFrame, train_end: int) -> dict[str, np.ndarray]:
+def interaction_tags(
+    frame: pl.DataFrame,
+    train_end: int,
+    user_rows: Rows | None = None,
+    item_rows: Rows | None = None,
+) -> dict[str, np.ndarray]:
     """Boolean tags of every row from the stream strictly before it.
 
     `repeat`/`new`: the (user, item) pair occurred earlier or not; `last`: same item as
@@ -124,21 +180,21 @@ def interaction_tags(frame: pl.DataFrame, train_end: int) -> dict[str, np.ndarra
     has; `unseen_item`: the item has no interaction among the first `train_end` rows.
     """
     n = frame.height
-    pos = np.arange(n)
-    cols = frame.select(
-        pl.int_range(pl.len()).over(["user_id", "item_id"]).alias("pair_rank"),
-        pl.int_range(pl.len()).over("user_id").alias("user_rank"),
-        pl.col("item_id").shift(1).over("user_id").fill_null(-1).alias("prev_item"),
-    )
-    item = frame["item_id"].to_numpy()
-    first_pos = np.full(int(item.max()) + 1 if n else 0, n, dtype=np.int64)
-    np.minimum.at(first_pos, item, pos)
-    pair_rank = cols["pair_rank"].to_numpy()
-    user_rank = cols["user_rank"].to_numpy()
+    user = _column(frame, "user_id").astype(np.int64, copy=False)
+    item = _column(frame, "item_id").astype(np.int64, copy=False)
+    user_rank, previous = user_rows if user_rows is not None else earlier_rows(user)
+    last = np.zeros(n, dtype=bool)
+    np.equal(item[np.maximum(previous, 0)], item, out=last, where=previous >= 0)
+    num_items = int(item.max()) + 1 if n else 0
+    new = first_of_key(user * num_items + item)
+    item_rank = (item_rows if item_rows is not None else earlier_rows(item))[0]
+    first_pos = np.full(num_items, n, dtype=np.int64)
+    firsts = np.flatnonzero(item_rank == 0)
+    first_pos[item[firsts]] = firsts
     tags = {
-        "repeat": pair_rank > 0,
-        "new": pair_rank == 0,
-        "last": cols["prev_item"].to_numpy() == item,
+        "repeat": ~new,
+        "new": new,
+        "last": last,
     }
     for lo, hi in HISTORY_BUCKETS:
         upper = user_rank <= hi if hi is not None else np.ones(n, dtype=bool)

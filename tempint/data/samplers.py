@@ -3,6 +3,9 @@
 Each sampler returns plans: a chunk is a list of steps, a step an index array of
 interactions processed in parallel. Per-node order is always kept: an interaction never
 lands in a step before an earlier interaction of its user or its item.
+
+`num_chunks` says how many chunks `plan` will return without planning (cheap, from the
+timestamps alone), so an epoch's progress bar has a total and an ETA.
 """
 
 from __future__ import annotations
@@ -97,15 +100,22 @@ class TBatchSampler:
             raise ConfigError(f"sampler.timespan={timespan!r} must be positive seconds or null")
         self.timespan = timespan
 
-    def plan(self, users, items, t, start: int, end: int, epoch: int = 0) -> list[ChunkPlan]:
-        if end <= start:
-            return []
-        times = t[start:end]
+    def _window_bounds(self, times: np.ndarray) -> np.ndarray:
+        """Offsets where a new non-empty time window starts (after the first)."""
         span = self.timespan or max((times[-1] - times[0]) / self.num_windows, 1e-12)
         window = np.floor((times - times[0]) / span).astype(np.int64)
         if self.timespan is None:  # the last event closes the last window, not a new one
             window = np.minimum(window, self.num_windows - 1)
-        bounds = np.flatnonzero(np.diff(window)) + 1
+        return np.flatnonzero(np.diff(window)) + 1
+
+    def num_chunks(self, t, start: int, end: int) -> int:
+        return 0 if end <= start else len(self._window_bounds(t[start:end])) + 1
+
+    def plan(self, users, items, t, start: int, end: int, epoch: int = 0) -> list[ChunkPlan]:
+        if end <= start:
+            return []
+        times = t[start:end]
+        bounds = self._window_bounds(times)
         chunks = []
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(times)]):
             pos = np.arange(start + lo, start + hi)
@@ -133,6 +143,9 @@ class ChronoSampler:
         )
         self.steps = _positive("sampler.steps", steps, "steps per optimiser step")
 
+    def num_chunks(self, t, start: int, end: int) -> int:
+        return max(0, -(-(end - start) // (self.batch_size * self.steps)))
+
     def plan(self, users, items, t, start: int, end: int, epoch: int = 0) -> list[ChunkPlan]:
         span = self.batch_size * self.steps
         return [
@@ -157,6 +170,9 @@ class ShuffleSampler:
     def __init__(self, batch_size: int = 256, seed: int = 0):
         self.batch_size = _positive("sampler.batch_size", batch_size, "use a positive integer")
         self.seed = int(seed)
+
+    def num_chunks(self, t, start: int, end: int) -> int:
+        return max(0, -(-(end - start) // self.batch_size))
 
     def plan(self, users, items, t, start: int, end: int, epoch: int = 0) -> list[ChunkPlan]:
         order = start + np.random.default_rng([self.seed, epoch]).permutation(end - start)
@@ -192,6 +208,11 @@ class SequenceSampler:
                 "would skip interactions; use a stride of at most the length (or null)"
             )
         self.batch_size = _positive("sampler.batch_size", batch_size, "windows per chunk")
+
+    def num_chunks(self, t, start: int, end: int) -> int:
+        if end <= start:
+            return 0
+        return -(-len(self.window_starts(start, end)) // self.batch_size)
 
     def window_starts(self, start: int, end: int) -> np.ndarray:
         length = min(self.length, end - start)
