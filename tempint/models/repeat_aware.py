@@ -80,7 +80,7 @@ def pair_features(
     which, item = history.which, history.item
     age = (t[which] - history.last_t).clamp_min(0.0)
     log_age = torch.log1p(age / HOUR).float()
-    count = history.count
+    count = history.count.float()
     rank = recency_rank(which, history.last_t, history.lengths).float()
     is_last = (item == prev_item[which]).float()
     moved = transitions.reshape(-1)[history.flat]
@@ -142,9 +142,8 @@ class RepeatAware(InteractionModel):
         self.pairs = PairTable(num_items)
         self.transitions = PairTable(num_items)
         self.register_buffer("popularity", torch.zeros(num_items))
-        self.register_buffer("user_stays", torch.zeros(num_users))
-        self.register_buffer("user_total", torch.zeros(num_users))
-        self.register_buffer("user_repeats", torch.zeros(num_users))
+        # per user: how often it stayed on its previous item, its interactions, its repeats
+        self.register_buffer("user_counts", torch.zeros(num_users, 3))
         self.register_buffer(
             "user_last_t", torch.full((num_users,), float("-inf"), dtype=torch.float64)
         )
@@ -156,9 +155,7 @@ class RepeatAware(InteractionModel):
         self.pairs.reset_state()
         self.transitions.reset_state()
         self.popularity.zero_()
-        self.user_stays.zero_()
-        self.user_total.zero_()
-        self.user_repeats.zero_()
+        self.user_counts.zero_()
         self.user_last_t.fill_(float("-inf"))
 
     def detach_state(self) -> None:
@@ -197,15 +194,17 @@ class RepeatAware(InteractionModel):
         """[B, I] counts of every user's moves from this row's previous item, and their sum."""
         size = len(batch)
         which, item, _, count = self.transitions.row_pairs(batch.prev_item.clamp_min(0))
-        count = count * (batch.prev_item >= 0)[which]  # no previous item: no moves
+        count = count.float() * (batch.prev_item >= 0)[which]  # no previous item: no moves
         moves = count.new_zeros(size * self.num_items)
         moves.index_put_((which * self.num_items + item,), count)
         out_degree = count.new_zeros(size).index_add_(0, which, count).clamp_min_(1.0)
         return moves.view(size, self.num_items), out_degree
 
-    def _parts(self, batch: Interactions, output: Output) -> tuple[Tensor, History, Tensor, Tensor]:
-        """(gate [B], the users' seen pairs, P_repeat over them [M], P_explore [B, I]),
-        all from the state before the batch."""
+    def _parts(
+        self, batch: Interactions, output: Output
+    ) -> tuple[Tensor, History, Tensor, Tensor, Tensor]:
+        """(gate [B], the users' seen pairs, P_repeat over them [M], P_explore [B, I],
+        seen [B, I]), all from the state before the batch."""
         affinity = self._affinity(output)
         size, num_items = affinity.shape
         history = self._history(batch)
@@ -213,8 +212,8 @@ class RepeatAware(InteractionModel):
         has_history = lengths > 0
         moves, out_degree = self._moves(batch)
         users = batch.user
-        total = self.user_total[users]
-        stay_rate = (self.user_stays[users] + 1.0) / (total + 2.0)
+        stays, total, repeats = self.user_counts[users].unbind(1)
+        stay_rate = (stays + 1.0) / (total + 2.0)
         trend = torch.log1p(self.trend.current()).float()
         t = batch.t.to(torch.float64)
         feats = pair_features(
@@ -243,7 +242,7 @@ class RepeatAware(InteractionModel):
         gate_in = torch.stack(
             [
                 torch.log1p(total),
-                (self.user_repeats[users] + 1.0) / (total + 2.0),
+                (repeats + 1.0) / (total + 2.0),
                 torch.log1p(since / HOUR),
                 lengths.float() / num_items,
                 best,
@@ -253,17 +252,17 @@ class RepeatAware(InteractionModel):
         )
         gate = torch.sigmoid(self.gate_features(gate_in).squeeze(-1))
         gate = torch.where(has_history, gate, torch.zeros_like(gate))
-        return gate, history, p_repeat, p_explore
+        return gate, history, p_repeat, p_explore, seen
 
     def distributions(self, batch: Interactions, output: Output) -> tuple[Tensor, Tensor, Tensor]:
         """(gate [B], P_repeat [B, I], P_explore [B, I]) before the batch updates anything."""
-        gate, history, p_repeat, p_explore = self._parts(batch, output)
+        gate, history, p_repeat, p_explore, _ = self._parts(batch, output)
         dense = p_explore.new_zeros(p_explore.numel()).index_put((history.flat,), p_repeat)
         return gate, dense.view_as(p_explore), p_explore
 
     def forward(self, batch: Interactions) -> Output:
         output = self.base(batch)  # the base predicts, then updates its own memory
-        gate, history, p_repeat, p_explore = self._parts(batch, output)
+        gate, history, p_repeat, p_explore, seen = self._parts(batch, output)
         mixture = ((1.0 - gate)[:, None] * p_explore).reshape(-1)
         mixture = mixture.index_add(0, history.flat, gate[history.which] * p_repeat)
         log_p = torch.log(mixture.clamp_min(1e-30)).view_as(p_explore)
@@ -272,20 +271,20 @@ class RepeatAware(InteractionModel):
             losses["nll"] = -log_p.gather(1, batch.item[:, None]).mean()
             for name, value in output.losses.items():
                 losses[f"base/{name}"] = self.base_loss_weight * value
-        self._observe(batch)
+        self._observe(batch, seen.gather(1, batch.item[:, None]).squeeze(1))
         return Output(scores=log_p.detach() if not self.training else log_p, losses=losses)
 
     @torch.no_grad()
-    def _observe(self, batch: Interactions) -> None:
+    def _observe(self, batch: Interactions, repeat: Tensor) -> None:
+        """Count the batch; `repeat` [B] says which pairs were seen before it."""
         users, items, prev = batch.user, batch.item, batch.prev_item
         t = batch.t.to(torch.float64)
-        repeat = (self.pairs.lookup(users, items)[0] > 0).float()
-        self.user_stays.index_add_(0, users, (prev == items).float())
+        ones = torch.ones_like(repeat, dtype=self.user_counts.dtype)
+        counts = torch.stack(((prev == items).to(ones.dtype), ones, repeat.to(ones.dtype)), 1)
+        self.user_counts.index_add_(0, users, counts)
         has_prev = prev >= 0
         self.transitions.observe(prev[has_prev], items[has_prev])
-        self.popularity.index_add_(0, items, torch.ones_like(repeat))
+        self.popularity.index_add_(0, items, ones)
         self.trend.observe(batch)
         self.pairs.observe(users, items, t)
-        self.user_total.index_add_(0, users, torch.ones_like(repeat))
-        self.user_repeats.index_add_(0, users, repeat)
         self.user_last_t.scatter_reduce_(0, users, t, reduce="amax")
