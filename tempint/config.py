@@ -106,6 +106,7 @@ def validate_config(cfg: DictConfig) -> None:
         ("model.dim", lambda v: isinstance(v, int) and v >= 1, "a positive integer"),
         ("model.history_k", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
         ("model.k", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
+        ("eval.max_scores_per_block", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
     ]
     for key, ok, expected in checks:
         value = _number(cfg, key)

@@ -263,6 +263,9 @@ class InteractionModule(L.LightningModule):
                 current = state[name]
                 if current.shape == saved.shape:
                     current.copy_(saved)
+                else:  # state sized by the stream (pairs seen) grew during validation
+                    owner, _, attr = name.rpartition(".")
+                    setattr(self.model.get_submodule(owner), attr, saved)
         self.model.detach_state()  # drop any per-chunk state kept beside the buffers
         self._snapshot = None
 

@@ -70,6 +70,13 @@ def _data_dependent(cfg: DictConfig, dm) -> dict[str, Any]:
     return out
 
 
+def _bound_scores(dm, cfg: DictConfig) -> None:
+    """Evaluation steps and blocks rank at most `eval.max_scores_per_block` scores at once."""
+    bound = cfg.eval.get("max_scores_per_block")
+    if bound is not None:
+        dm.bound_scores(int(bound))
+
+
 def eval_kind(model, dm, scorer: str, mode: str) -> str:
     """The evaluation chunks a model replays: contiguous, blocks or exact steps."""
     from tempint.eval.protocol import can_rank_blocks
@@ -109,6 +116,7 @@ def evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None = 
             online_step = _online_stepper(module, optimizer, params, cfg.get("gradient_clip"))
             t = dm.stream.t
             online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
+        _bound_scores(dm, cfg)
         baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
         kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode)
         return evaluate(
@@ -222,6 +230,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     history_k = max(int(cfg.data.get("history_k") or 0), int(cfg.model.get("history_k") or 0))
     dm = instantiate(cfg.data, sampler=sampler, history_k=history_k)
     dm.setup()
+    _bound_scores(dm, cfg)
     model = instantiate(
         cfg.model, num_users=dm.num_users, num_items=dm.num_items, **_data_dependent(cfg, dm)
     )

@@ -13,6 +13,7 @@ from tempint.data.samplers import TBatchSampler, block_plans, user_step_plans
 from tempint.eval.blocks import ItemVersions
 from tempint.eval.protocol import StreamEvaluator, can_rank_blocks, run_stream
 from tempint.models.deepred import DeePRed
+from tempint.models.heuristics import Recency
 from tempint.models.imn import IterativeMemoryNetwork
 from tempint.models.jodie import JODIE
 from tempint.models.limnet import LiMNet
@@ -193,3 +194,46 @@ def test_per_user_state_models_score_user_steps_as_one_at_a_time(name):
     assert results["users"].count == results["one_at_a_time"].count
     for key, value in ref.items():
         assert users[key] == pytest.approx(value, abs=1e-6, nan_ok=True), key
+
+
+BOUNDED = {
+    "jodie": (lambda u, i: JODIE(u, i, dim=8), "blocks"),
+    "limnet": (lambda u, i: LiMNet(u, i, dim=6), "blocks"),
+    "deepred": (lambda u, i: DeePRed(u, i, dim=6, history_k=4, dropout=0.0), "blocks"),
+    "tlstm": (lambda u, i: TimeAwareLSTM(u, i, dim=8, attention_size=3), "users"),
+    "recency": (lambda u, i: Recency(u, i), "exact"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
+def test_a_tiny_score_bound_cuts_steps_and_blocks_and_keeps_every_rank(name):
+    """`eval.max_scores_per_block` bounds rows × items of every step and block; ranks
+    are the same as with the default bound."""
+    make, kind = BOUNDED[name]
+    torch.manual_seed(0)
+    dm = datamodule_for(repeating_stream(), TBatchSampler(4), history_k=4)
+    model = make(dm.num_users, dm.num_items)
+    _replay_train(model, dm)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bound = 3 * dm.num_items  # three interactions' scores
+    results = {}
+    for max_scores in (None, bound):
+        if max_scores is not None:
+            dm.bound_scores(max_scores)
+        chunks = list(dm.eval_chunks("val", kind))
+        rows = [len(step) for chunk in chunks for step in chunk.steps]
+        if kind == "blocks":
+            rows = [sum(len(step) for step in chunk.steps) for chunk in chunks]
+        if max_scores is not None:
+            assert max(rows) * dm.num_items <= bound
+        else:
+            assert max(rows) > 3  # the default bound allows larger steps here
+        model.load_state_dict(state)
+        model.detach_state()
+        evaluator = StreamEvaluator(list(model.scorers), ties="average")
+        results[max_scores] = run_stream(model, chunks, evaluator)
+    bounded, free = results[bound], results[None]
+    assert bounded.count == free.count == dm.split.val_end - dm.split.train_end
+    for scorer, metrics in free.metrics.items():
+        for key, value in metrics.items():
+            assert bounded.metrics[scorer][key] == pytest.approx(value, abs=1e-12, nan_ok=True)

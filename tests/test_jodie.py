@@ -314,3 +314,31 @@ def test_cold_window_equals_a_fresh_replay_of_its_interactions():
 def test_static_embeddings_need_the_prediction_layer():
     with pytest.raises(ConfigError, match="prediction_layer"):
         JODIE(USERS, ITEMS, dim=DIM, prediction_layer=False)
+
+
+def test_static_identities_are_row_lookups_equal_to_one_hot_times_weights():
+    """The one-hot user and previous-item identities enter as rows of `static_weight`:
+    exactly the prediction of the dense one-hot input times the same weights."""
+    from tempint.models.jodie import _Query
+
+    m = model(time_projection=False)
+    gen = torch.Generator().manual_seed(1)
+    user = torch.randn(len(STREAM), DIM, generator=gen, dtype=torch.float64)
+    previous = torch.randn(len(STREAM), DIM, generator=gen, dtype=torch.float64)
+    delta = torch.zeros(len(STREAM), 2, dtype=torch.float64)
+    with torch.no_grad():
+        got = m._predict(user, previous, _Query(STREAM.user, STREAM.prev_item, delta))
+        rows = USERS + ITEMS + 1  # users, previous items, then "no previous item"
+        onehot = F.one_hot(STREAM.user, rows) + F.one_hot(
+            USERS + STREAM.prev_item.remainder(ITEMS + 1), rows
+        )
+        static = onehot.double() @ m.static_weight
+        x = torch.cat((user, previous), dim=1)
+        expected = torch.addmm(static + m.predict_bias, x, m.predict_weight)
+    assert torch.equal(got, expected)
+
+
+def test_one_hot_identities_for_a_huge_catalogue_are_refused_before_allocating():
+    with pytest.raises(ConfigError, match="static_embeddings=false"):
+        JODIE(10**6, 10**5, dim=DIM)
+    assert JODIE(10**3, 10**3, dim=DIM, static_embeddings=False).out_dim == DIM

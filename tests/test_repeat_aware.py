@@ -86,5 +86,39 @@ def test_trend_follows_what_is_popular_now_and_reset_clears_every_count(model):
     trend = model.trend.current()
     assert trend[1] > trend[5] > 0 and trend[0] == 0
     model.reset_state()
-    assert model.trend.current().sum() == 0 and model.count.sum() == 0
+    assert model.trend.current().sum() == 0
+    assert len(model.pairs) == 0 and len(model.transitions) == 0
     assert_reset_replays_the_same(model, stream, size=2)
+
+
+def test_pair_features_read_each_users_own_pairs_and_the_sparse_moves(model):
+    """Hand-made history: user 0 had 2 (t=0), 4 (1 h), 2 (2 h); user 1 had 2, then 3.
+    Probed at 3 h with previous item 2, user 0's pairs are exactly {2, 4}."""
+    from tempint.models.repeat_aware import pair_features
+
+    model.eval()
+    hour = 3600.0
+    model(batch([0, 1], [2, 2], [0.0, 100.0], [-1, -1]))
+    model(batch([0, 1], [4, 3], [hour, 200.0], [2, 2]))
+    model(batch([0], [2], [2 * hour], [4]))
+    probe = batch([0, 2], [1, 1], [3 * hour, 3 * hour], [2, -1])
+    history = model._history(probe)
+    assert history.which.tolist() == [0, 0] and history.lengths.tolist() == [2, 0]
+    by_item = dict(zip(history.item.tolist(), range(2)))
+    assert set(by_item) == {2, 4}
+    moves, out_degree = model._moves(probe)
+    assert moves[0].tolist() == [0, 0, 0, 1, 1, 0]  # from item 2: to 3 (user 1), 4 (user 0)
+    assert moves[1].sum() == 0 and out_degree.tolist() == [2.0, 1.0]
+    affinity = torch.arange(12.0).view(2, 6)
+    total = torch.tensor([3.0, 0.0])
+    stay = torch.tensor([0.25, 0.5])
+    trend = torch.arange(6.0) / 10
+    feats = pair_features(
+        history, probe.t, probe.prev_item, affinity, moves, out_degree, total, stay, trend
+    )
+    two, four = feats[by_item[2]], feats[by_item[4]]
+    log2, log3 = torch.log1p(torch.tensor(1.0)), torch.log1p(torch.tensor(2.0))
+    expected_two = [log2, 1 / (1 + log2), log3, 2 / 3, 1.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.25, 0.2]
+    expected_four = [log3, 1 / (1 + log3), log2, 1 / 3, 0.0, 4.0, 0.5, 1.0, log2, 0.5, 0.0, 0.4]
+    torch.testing.assert_close(two, torch.tensor(expected_two))
+    torch.testing.assert_close(four, torch.tensor(expected_four))

@@ -37,17 +37,23 @@ __all__ = ["InteractionDataModule", "build_stream", "plan_to_chunk"]
 
 log = logging.getLogger(__name__)
 
-# A block's predictions may be [rows, items] (JODIE's one-hot part): rows × items ≤ this.
-BLOCK_ENTRIES = 1 << 24
+# Scores ranked at once in evaluation (`eval.max_scores_per_block`): a step or block of
+# rows is cut so that rows × items stays under it, whatever the catalogue. 2^25 float64
+# scores are 256 MB; a model's own [rows, items] temporaries are a few times that.
+MAX_SCORES_PER_BLOCK = 1 << 25
 
 # Interactions per chunk of per-user steps (`user_step_plans`): a step's size is bounded
 # by eval_max_batch_size whatever the chunk, so this only bounds the plan's memory.
 USER_BLOCK_ROWS = 8192
 
 
-def eval_block_rows(num_items: int) -> int:
-    """Interactions per evaluation block: more rows mean fewer t-batches, more memory."""
-    return max(64, min(8192, BLOCK_ENTRIES // max(int(num_items), 1)))
+def eval_block_rows(num_items: int, max_scores: int = MAX_SCORES_PER_BLOCK) -> int:
+    """Interactions per evaluation block: more rows mean fewer t-batches, more memory.
+
+    A block's predictions may be [rows, items] (JODIE's one-hot part), so rows × items
+    stays within `max_scores`.
+    """
+    return max(1, min(8192, int(max_scores) // max(int(num_items), 1)))
 
 
 def build_stream(
@@ -197,6 +203,8 @@ class InteractionDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic) if synthetic else None
         self.sampler = sampler if sampler is not None else TBatchSampler()
         self.eval_max_batch_size = int(eval_max_batch_size)
+        # bound on rows × items of an evaluation step or block (set from the eval config)
+        self.max_scores_per_block = MAX_SCORES_PER_BLOCK
         # chunks validation during fit replays (`eval_chunks` kinds); the trainer's
         # entry point sets "blocks" for models ranked in blocks
         self.val_kind = "eval"
@@ -305,31 +313,48 @@ class InteractionDataModule(L.LightningDataModule):
             return self.sampler.eval_plan(self._users, self._items, rows.start, rows.stop, context)
         return self.exact_plans(stage)
 
+    def bound_scores(self, max_scores: int) -> None:
+        """Set `max_scores_per_block`; chunks gathered under another bound are dropped."""
+        if int(max_scores) != self.max_scores_per_block:
+            self.max_scores_per_block = int(max_scores)
+            self._eval_cache.clear()
+            self._eval_plans.clear()
+
+    def eval_step_rows(self) -> int:
+        """Interactions per evaluation step: `eval_max_batch_size`, fewer when the
+        catalogue is so large that their [rows, items] scores would pass the bound."""
+        by_scores = int(self.max_scores_per_block) // max(int(self.num_items), 1)
+        return max(1, min(self.eval_max_batch_size, by_scores))
+
     def exact_plans(self, stage: str) -> list[ChunkPlan]:
         """Exact streaming steps over a split, whatever the training sampler."""
         rows = self._rows(stage)
         return exact_segments(
-            self._users, self._items, rows.start, rows.stop, self.eval_max_batch_size
+            self._users, self._items, rows.start, rows.stop, self.eval_step_rows()
         )
 
     def block_plans(self, stage: str) -> list[ChunkPlan]:
         """Blocks replayed in t-batches and ranked together (`tempint.eval.blocks`)."""
         rows = self._rows(stage)
         return block_plans(
-            self._users, self._items, rows.start, rows.stop, eval_block_rows(self.num_items)
+            self._users,
+            self._items,
+            rows.start,
+            rows.stop,
+            eval_block_rows(self.num_items, self.max_scores_per_block),
         )
 
     def user_plans(self, stage: str) -> list[ChunkPlan]:
         """Steps with no user twice, items free: for models whose state is per user only."""
         rows = self._rows(stage)
         return user_step_plans(
-            self._users, rows.start, rows.stop, USER_BLOCK_ROWS, self.eval_max_batch_size
+            self._users, rows.start, rows.stop, USER_BLOCK_ROWS, self.eval_step_rows()
         )
 
     def contiguous_plans(self, stage: str, size: int | None = None) -> list[ChunkPlan]:
         """Plain consecutive steps, for models whose scores are exact whatever a step holds."""
         rows = self._rows(stage)
-        size = size or self.eval_max_batch_size
+        size = size or self.eval_step_rows()
         return [
             ChunkPlan(steps=[np.arange(lo, min(lo + size, rows.stop))])
             for lo in range(rows.start, rows.stop, size)

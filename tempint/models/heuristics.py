@@ -12,6 +12,7 @@ from torch import Tensor
 
 from tempint.data.batch import Interactions
 from tempint.models.base import InteractionModel, Output
+from tempint.models.components.pairs import PairTable
 
 __all__ = ["Popularity", "RecentPopularity", "Recency"]
 
@@ -76,8 +77,8 @@ class RecentPopularity(InteractionModel):
 class Recency(InteractionModel):
     """The user's own past items, most recent first; then items by recent popularity.
 
-    Keeps the last time of every (user, item) pair in a dense [U, I] table: 66 MB on
-    Wikipedia, and O(1) per update.
+    Keeps the last time of every (user, item) pair seen (`PairTable`), so its state grows
+    with the distinct pairs of the stream, never with users × items.
     """
 
     scorers = ("native",)
@@ -86,26 +87,24 @@ class Recency(InteractionModel):
     def __init__(self, num_users: int, num_items: int, decay_seconds: float = 86_400.0):
         super().__init__(num_users, num_items)
         self.popularity = RecentPopularity(num_users, num_items, decay_seconds)
-        self.register_buffer(
-            "last_t", torch.full((num_users, num_items), float("-inf"), dtype=torch.float64)
-        )
+        self.pairs = PairTable(num_items)
 
     def reset_state(self) -> None:
-        self.last_t.fill_(float("-inf"))
+        self.pairs.reset_state()
         self.popularity.reset_state()
 
     def forward(self, batch: Interactions) -> Output:
         scores = None if self.training else self.scores(batch)
         self.popularity.observe(batch)
-        t = batch.t.to(torch.float64)
-        flat = batch.user * self.num_items + batch.item
-        self.last_t.view(-1).scatter_reduce_(0, flat, t, reduce="amax")
+        self.pairs.observe(batch.user, batch.item, batch.t)
         return Output(scores=scores)
 
-    def scores(self, batch: Interactions):
+    def scores(self, batch: Interactions) -> Tensor:
         pop = self.popularity.current()
         fallback = pop / (pop.max() + 1.0)  # in [0, 1): below every seen item
-        last = self.last_t[batch.user]
-        seen = torch.isfinite(last)
-        age = (batch.t.to(torch.float64)[:, None] - last).clamp_min(0.0)
-        return torch.where(seen, 2.0 + 1.0 / (1.0 + age), fallback)  # seen items in (2, 3]
+        scores = fallback.expand(len(batch), -1).clone()
+        which, item, last_t, _ = self.pairs.row_pairs(batch.user)
+        age = (batch.t.to(torch.float64)[which] - last_t).clamp_min(0.0)
+        seen = 2.0 + 1.0 / (1.0 + age)  # seen items in (2, 3]
+        scores.view(-1).index_copy_(0, which * self.num_items + item, seen)
+        return scores

@@ -35,6 +35,10 @@ from tempint.models.memory import LocalMemory, MemoryState, last_occurrence
 __all__ = ["JODIE", "CoupledUpdate", "REDUCTIONS"]
 
 REDUCTIONS = ("mean", "sum")
+# The one-hot identities make the prediction layer's static block (U + I + 1) × (d + I):
+# a users × items table by nature (each user's row scores every item). Above this many
+# entries (512 MB of weights, 2 GB with gradient and Adam state) it is refused.
+MAX_STATIC_ENTRIES = 1 << 27
 
 
 class CoupledUpdate(nn.Module):
@@ -299,6 +303,14 @@ class JODIE(InteractionModel):
             raise ConfigError(
                 "model.static_embeddings=true needs model.prediction_layer=true (static "
                 "embeddings only enter through the prediction layer); set both to false"
+            )
+        static_entries = (num_users + num_items + 1) * (int(dim) + num_items)
+        if static_embeddings and static_entries > MAX_STATIC_ENTRIES:
+            raise ConfigError(
+                f"model.static_embeddings=true needs a one-hot block of (users + items + 1) "
+                f"x (dim + items) = {static_entries:,} weights for {num_users:,} users and "
+                f"{num_items:,} items (at most {MAX_STATIC_ENTRIES:,}); set "
+                "model.static_embeddings=false for a catalogue this large"
             )
         if use_edge_features and int(num_edge_features) < 1:
             raise ConfigError(
