@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tempint.config import check_cli_overrides, validate_config
-from tempint.errors import UserError
+from tempint.errors import ConfigError, UserError
 
 __all__ = ["train", "main", "evaluate_module"]
 
@@ -28,6 +28,11 @@ BASELINES = {
     "recency": "tempint.models.heuristics.Recency",
     "popularity": "tempint.models.heuristics.Popularity",
     "recent_popularity": "tempint.models.heuristics.RecentPopularity",
+    # the field's heuristics: (class, arguments)
+    "user_frequency": "tempint.models.field_heuristics.UserFrequency",
+    "edgebank_unlimited": ("tempint.models.field_heuristics.EdgeBank", {"memory": "unlimited"}),
+    "edgebank_tw": ("tempint.models.field_heuristics.EdgeBank", {"memory": "time_window"}),
+    "popularity_unseen": "tempint.models.field_heuristics.PopularityUnseen",
 }
 
 
@@ -39,26 +44,90 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
-def _warm_baselines(names, dm, device) -> dict:
+def _warm_baselines(names, dm, device, batch_size: int = 1) -> dict:
     """Heuristics fed the training stream, ready to replay validation and test."""
     import torch
     from hydra.utils import get_class
 
     out = {}
     for name in names:
-        baseline = get_class(BASELINES[name])(dm.num_users, dm.num_items).to(device)
+        if name not in BASELINES:
+            raise ConfigError(
+                f"eval.baselines names {name!r}, which is not a heuristic; "
+                f"known: {', '.join(BASELINES)}"
+            )
+        spec = BASELINES[name]
+        path, kwargs = spec if isinstance(spec, tuple) else (spec, {})
+        baseline = get_class(path)(dm.num_users, dm.num_items, **kwargs).to(device)
         baseline.reset_state()
         with torch.no_grad():
             for chunk in dm.chunks(dm.warmup_plans()):
                 chunk = chunk.to(device)
                 for step in chunk.steps:
                     baseline(step)
-        out[name] = (
-            baseline,
-            lambda: dm.eval_chunks("val", "exact"),
-            lambda: dm.eval_chunks("test", "exact"),
-        )
+        out[name] = (baseline, *_eval_sources(baseline, dm, "exact", batch_size))
     return out
+
+
+def _eval_sources(model, dm, kind: str, batch_size: int):
+    """Validation and test chunk sources: the model's steps (batch 1) or TGB batches."""
+    if batch_size <= 1:
+        return (lambda: dm.eval_chunks("val", kind), lambda: dm.eval_chunks("test", kind))
+    if getattr(model, "step_updates_commute", False):
+        replay = None
+    else:
+        replay = "contiguous" if getattr(model, "exact_any_step", False) else "exact"
+    return (
+        lambda: dm.eval_batches("val", batch_size, replay),
+        lambda: dm.eval_batches("test", batch_size, replay),
+    )
+
+
+def eval_protocol(cfg: DictConfig, dm):
+    """The `Protocol` of `cfg.eval` on this data: its exclusions and fixed negatives."""
+    import numpy as np
+    import torch
+
+    from tempint.eval.negatives import same_time_exclusions, sampled_negatives
+    from tempint.eval.protocol import Protocol
+
+    ev = cfg.eval
+    batch_size = int(ev.get("batch_size") or 1)
+    if batch_size < 1:
+        raise ConfigError(f"eval.batch_size={batch_size} must be a positive integer")
+    if batch_size > 1 and ev.mode != "frozen":
+        raise ConfigError("eval.batch_size > 1 scores frozen weights; set eval.mode=frozen")
+    users, items, t = dm._users, dm._items, dm._t
+    evaluated = range(dm.split.train_end, dm.split.num_interactions)
+    exclusions = None
+    if ev.get("exclude_same_time"):
+        exclusions = same_time_exclusions(users, items, t, [dm.split.val, dm.split.test])
+    negatives = None
+    num_negatives = ev.get("num_negatives")
+    if num_negatives:
+        parts = []
+        for stage, rows in (("val", dm.split.val), ("test", dm.split.test)):
+            path = dm.negatives_path(stage)
+            positives = items[rows.start : rows.stop]
+            parts.append(sampled_negatives(path, positives, dm.num_items, int(num_negatives)))
+        negatives = torch.from_numpy(np.concatenate(parts))
+    keep = None
+    min_events = int(ev.get("min_train_events") or 0)
+    if min_events > 0:
+        train = slice(0, dm.split.train_end)
+        user_n = np.bincount(users[train], minlength=dm.num_users)
+        item_n = np.bincount(items[train], minlength=dm.num_items)
+        keep = torch.from_numpy((user_n[users] >= min_events) & (item_n[items] >= min_events))
+    return Protocol(
+        name=str(ev.get("protocol") or "streaming"),
+        batch_size=batch_size,
+        exclusions=exclusions,
+        negatives=negatives,
+        negatives_start=evaluated.start,
+        hits_ks=tuple(ev.get("hits_ks") or ()),
+        keep=keep,
+        min_train_events=min_events,
+    )
 
 
 def _data_dependent(cfg: DictConfig, dm) -> dict[str, Any]:
@@ -70,11 +139,14 @@ def _data_dependent(cfg: DictConfig, dm) -> dict[str, Any]:
     return out
 
 
-def eval_kind(model, dm, scorer: str, mode: str) -> str:
-    """The evaluation chunks a model replays: contiguous, blocks or exact steps."""
+def eval_kind(model, dm, scorer: str, mode: str, ranks_all: bool = True) -> str:
+    """The evaluation chunks a model replays: contiguous, blocks or exact steps.
+
+    Blocks rank against all items; a protocol of fixed negatives (`ranks_all` False)
+    ranks steps."""
     from tempint.eval.protocol import can_rank_blocks
 
-    if not dm.windowed and can_rank_blocks(model, scorer, mode):
+    if ranks_all and not dm.windowed and can_rank_blocks(model, scorer, mode):
         return "blocks"
     if getattr(model, "exact_any_step", False):
         return "contiguous"
@@ -118,12 +190,16 @@ def evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None = 
 
         t = dm.stream.t
         online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
-    baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
-    kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode)
+    protocol = eval_protocol(cfg, dm)
+    baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device, protocol.batch_size)
+    ranks_all = protocol.negatives is None and protocol.keep is None
+    kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode, ranks_all)
+    val_source, test_source = _eval_sources(model, dm, kind, protocol.batch_size)
     return evaluate(
         model,
-        lambda: dm.eval_chunks("val", kind),
-        lambda: dm.eval_chunks("test", kind),
+        val_source,
+        test_source,
+        protocol=protocol,
         scorer=cfg.eval.scorer,
         ties=cfg.eval.ties,
         mode=cfg.eval.mode,
@@ -192,7 +268,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     sampler = instantiate(cfg.sampler)
     # models that read partner histories (DeePRed) declare their k; the data layer builds them
     history_k = max(int(cfg.data.get("history_k") or 0), int(cfg.model.get("history_k") or 0))
-    dm = instantiate(cfg.data, sampler=sampler, history_k=history_k)
+    # a protocol may fix the split (TGB's time quantiles): it overrides the data config's
+    split = dict(cfg.eval.get("split") or {})
+    dm = instantiate(cfg.data, sampler=sampler, history_k=history_k, **split)
     dm.setup()
     model = instantiate(
         cfg.model, num_users=dm.num_users, num_items=dm.num_items, **_data_dependent(cfg, dm)

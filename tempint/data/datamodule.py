@@ -12,7 +12,7 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from tempint.data.batch import Chunk, Interactions
+from tempint.data.batch import Chunk, Interactions, TimeBatch
 from tempint.data.features import (
     DeltaScale,
     cyclic_time,
@@ -29,7 +29,7 @@ from tempint.data.samplers import (
     exact_segments,
     user_step_plans,
 )
-from tempint.data.splits import Split, chrono_split
+from tempint.data.splits import Split, make_split
 from tempint.errors import ConfigError
 
 __all__ = ["InteractionDataModule", "build_stream", "plan_to_chunk"]
@@ -153,6 +153,7 @@ class InteractionDataModule(L.LightningDataModule):
         eval_max_batch_size: int = 512,
         eval_context: int | None = None,
         download: bool = True,
+        split: str = "position",
     ) -> None:
         super().__init__()
         if history_k < 0:
@@ -175,6 +176,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.val_kind = "eval"
         self.eval_context = eval_context
         self.download = download
+        self.split_mode = split
         self.stream: Interactions | None = None
         self.split: Split | None = None
         self.source = ""
@@ -217,8 +219,13 @@ class InteractionDataModule(L.LightningDataModule):
             return
         frame, features, self.num_users, self.num_items = self._load_frame()
         t = frame["timestamp"].to_numpy()
-        self.split = chrono_split(
-            frame.height, self.val_fraction, self.test_fraction, timestamps=t, source=self.source
+        self.split = make_split(
+            self.split_mode,
+            frame.height,
+            self.val_fraction,
+            self.test_fraction,
+            timestamps=t,
+            source=self.source,
         )
         self.stream = build_stream(frame, self.split, self.history_k, features)
         self._users = self.stream.user.numpy()
@@ -330,6 +337,44 @@ class InteractionDataModule(L.LightningDataModule):
             return self.chunks(plans)
         self._eval_cache[key] = list(self.chunks(plans))
         return self._eval_cache[key]
+
+    def negatives_path(self, stage: str):
+        """Where a split's fixed negatives live: `<name>_<stage>_ns.npy` beside the data
+        (the data root for registered datasets); None for synthetic streams."""
+        from pathlib import Path
+
+        from tempint.data.registry import data_root
+
+        if self.synthetic is not None:
+            return None
+        if self.path:
+            return Path(self.path).with_name(f"{Path(self.path).stem}_{stage}_ns.npy")
+        return data_root(self.root) / f"{self.name}_{stage}_ns.npy"
+
+    def eval_batches(
+        self, stage: str, batch_size: int, replay: str | None = "exact"
+    ) -> list[TimeBatch]:
+        """Batches of `batch_size` consecutive interactions of a split, each scored at once
+        from the state before it, then fed to the model in `replay` chunks ("exact" or
+        "contiguous" steps; None: the scored step itself updates the model)."""
+        if self.windowed:
+            raise ConfigError(
+                "eval.batch_size > 1 scores global memory; the sequence sampler's windows "
+                "have none: use eval.batch_size=1 or another sampler"
+            )
+        rows = self._rows(stage)
+        out = []
+        for lo in range(rows.start, rows.stop, batch_size):
+            hi = min(lo + batch_size, rows.stop)
+            scored = plan_to_chunk(self.stream, ChunkPlan(steps=[np.arange(lo, hi)]))
+            chunks = None
+            if replay == "exact":
+                plans = exact_segments(self._users, self._items, lo, hi, self.eval_max_batch_size)
+                chunks = list(self.chunks(plans))
+            elif replay == "contiguous":
+                chunks = [scored]
+            out.append(TimeBatch(scored, chunks))
+        return out
 
     # ---- loaders ---------------------------------------------------------------------
     def _current_epoch(self) -> int:
