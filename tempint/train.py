@@ -111,6 +111,32 @@ def eval_protocol(cfg: DictConfig, dm):
             positives = items[rows.start : rows.stop]
             parts.append(sampled_negatives(path, positives, dm.num_items, int(num_negatives)))
         negatives = torch.from_numpy(np.concatenate(parts))
+    pair_negatives = None
+    strategies = list(ev.get("pair_negatives") or [])
+    if strategies:
+        from tempint.eval.dyglib import SEEDS, STRATEGIES, dyglib_negatives
+
+        unknown = [s for s in strategies if s not in STRATEGIES]
+        if unknown:
+            raise ConfigError(
+                f"eval.pair_negatives names {unknown}; use some of {', '.join(STRATEGIES)}"
+            )
+        if batch_size < 2:
+            raise ConfigError("eval.pair_negatives draws per batch; set eval.batch_size > 1")
+        pair_negatives = {}
+        for strategy in strategies:
+            parts = []
+            for stage, rows in (("val", dm.split.val), ("test", dm.split.test)):
+                last_observed = float(t[rows.start - 1])  # end of the previous split
+                parts.append(
+                    dyglib_negatives(
+                        users, items, t, rows, last_observed, strategy, SEEDS[stage], batch_size
+                    )
+                )
+            pair_negatives[strategy] = (
+                torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                torch.from_numpy(np.concatenate([p[1] for p in parts])),
+            )
     keep = None
     min_events = int(ev.get("min_train_events") or 0)
     if min_events > 0:
@@ -127,6 +153,8 @@ def eval_protocol(cfg: DictConfig, dm):
         hits_ks=tuple(ev.get("hits_ks") or ()),
         keep=keep,
         min_train_events=min_events,
+        pair_negatives=pair_negatives,
+        probe=dm.probe if pair_negatives else None,
     )
 
 
@@ -322,6 +350,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         _load_best(module, checkpoint_cb)
         other = OmegaConf.merge(cfg, {"eval": dict(extra)})
         name = f"{other.eval.mode}_{other.eval.ties}"
+        if int(other.eval.get("batch_size") or 1) != int(cfg.eval.get("batch_size") or 1):
+            name += f"_batch{int(other.eval.get('batch_size') or 1)}"
         result = evaluate_module(module, dm, other)
         for key, value in result.items():  # the model's metrics, per tag too; no baselines
             parts = key.split("/")

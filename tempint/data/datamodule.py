@@ -228,6 +228,11 @@ class InteractionDataModule(L.LightningDataModule):
             source=self.source,
         )
         self.stream = build_stream(frame, self.split, self.history_k, features)
+        du, di = node_deltas(frame)
+        self._scales = (
+            DeltaScale.fit(du[: self.split.train_end]),
+            DeltaScale.fit(di[: self.split.train_end]),
+        )
         self._users = self.stream.user.numpy()
         self._items = self.stream.item.numpy()
         self._t = self.stream.t.numpy()
@@ -337,6 +342,49 @@ class InteractionDataModule(L.LightningDataModule):
             return self.chunks(plans)
         self._eval_cache[key] = list(self.chunks(plans))
         return self._eval_cache[key]
+
+    def probe(self, users: np.ndarray, items: np.ndarray, position: np.ndarray) -> Interactions:
+        """Interactions that did not happen: (user, item) at the time of the stream rows
+        `position`, with the columns the data layer would give them from the stream
+        strictly before those rows (gaps, previous item). For scoring negative pairs of
+        another user (DyGLib); partner histories are not built for them."""
+        if self.history_k > 0:
+            raise ConfigError(
+                "negative pairs of other users need no partner histories; "
+                "DyGLib's protocol does not run models with history_k > 0"
+            )
+        n = len(self._t)
+        t = self._t[position]
+
+        def last_before(nodes, column):
+            order = np.argsort(column, kind="stable")
+            sorted_keys = column[order].astype(np.int64) * n + order
+            idx = np.searchsorted(sorted_keys, nodes.astype(np.int64) * n + position) - 1
+            found = idx >= 0
+            found[found] &= sorted_keys[idx[found]] // n == nodes[found]
+            return np.where(found, sorted_keys[np.maximum(idx, 0)] % n, -1)
+
+        last_u = last_before(users, self._users)
+        last_i = last_before(items, self._items)
+        du = np.where(last_u >= 0, t - self._t[np.maximum(last_u, 0)], 0.0)
+        di = np.where(last_i >= 0, t - self._t[np.maximum(last_i, 0)], 0.0)
+        base = self.stream.select(torch.from_numpy(position))
+        edge = base.edge_features
+        return Interactions(
+            user=torch.from_numpy(users.astype(np.int64)),
+            item=torch.from_numpy(items.astype(np.int64)),
+            t=base.t,
+            state_label=torch.zeros_like(base.state_label),
+            delta_user=torch.from_numpy(self._scales[0](du)),
+            delta_item=torch.from_numpy(self._scales[1](di)),
+            prev_item=torch.from_numpy(
+                np.where(last_u >= 0, self._items[np.maximum(last_u, 0)], -1)
+            ),
+            cyclic=base.cyclic,
+            index=base.index,
+            edge_features=None if edge is None else torch.zeros_like(edge),
+            tags=base.tags,
+        )
 
     def negatives_path(self, stage: str):
         """Where a split's fixed negatives live: `<name>_<stage>_ns.npy` beside the data

@@ -70,6 +70,10 @@ class Protocol:
     hits_ks: tuple[int, ...] = ()
     keep: Tensor | None = None
     min_train_events: int = 0
+    # DyGLib: strategy -> (users, items) [n] of one negative pair per position from
+    # `negatives_start`, and `probe(users, items, positions)` making their interactions
+    pair_negatives: Mapping[str, tuple[Tensor, Tensor]] | None = None
+    probe: Callable[..., Interactions] | None = None
 
     def describe(self) -> dict:
         return {
@@ -78,6 +82,7 @@ class Protocol:
             "negatives": "all" if self.negatives is None else int(self.negatives.shape[1]),
             "exclude_same_time": self.exclusions is not None,
             "min_train_events": self.min_train_events,
+            "pair_negatives": sorted(self.pair_negatives or {}),
         }
 
 
@@ -109,6 +114,9 @@ class StreamEvaluator:
             for s in scorers
         }
         self.flush_every = flush_every
+        # DyGLib: per scorer and strategy, sums of per-batch AP and AUROC, and batches
+        self._pairs = {s: {} for s in scorers}
+        self._pending_negatives: dict[str, dict[str, Tensor]] | None = None
         self._ranks: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in scorers}
         self._tags: list[dict[str, Tensor]] = []
         self._buffered = 0
@@ -126,10 +134,31 @@ class StreamEvaluator:
             target = target[mask]
             tags = {k: v[mask] for k, v in tags.items()}
         position = batch.index if mask is None else batch.index[mask]
+        if self._pending_negatives is not None:
+            self._pair_metrics(output, target)
         bounds = {}
         for scorer in self.metrics:
             bounds[scorer] = self._bounds(output, scorer, mask, target, position)
         self.add_bounds(bounds, tags)
+
+    def add_pair_negatives(self, scores: dict[str, dict[str, Tensor]]) -> None:
+        """Negative pair scores {scorer: {strategy: [B]}} of the batch scored next."""
+        self._pending_negatives = scores
+
+    def _pair_metrics(self, output: Output, target: Tensor) -> None:
+        """DyGLib's AP and AUROC of one batch (positives against their negatives)."""
+        from tempint.eval.ranking import auroc, average_precision
+
+        negatives, self._pending_negatives = self._pending_negatives, None
+        for scorer, by_strategy in negatives.items():
+            positive = score_candidates(output, scorer, target.unsqueeze(1))[:, 0]
+            for strategy, negative in by_strategy.items():
+                scores = torch.cat([positive, negative.to(positive)]).double()
+                labels = torch.cat([torch.ones_like(positive), torch.zeros_like(positive)])
+                sums = self._pairs[scorer].setdefault(strategy, [0.0, 0.0, 0])
+                sums[0] += float(average_precision(scores, labels))
+                sums[1] += float(auroc(scores, labels))
+                sums[2] += 1
 
     def _bounds(self, output: Output, scorer: str, mask, target, position):
         """The true items' rank bounds under the protocol: among all items less the
@@ -176,8 +205,15 @@ class StreamEvaluator:
         self._buffered = 0
 
     def compute(self) -> dict[str, dict[str, float]]:
+        """Per scorer: ranking metrics, and DyGLib's `ap/<strategy>`, `auroc/<strategy>`
+        (means over batches, as DyGLib averages them)."""
         self.flush()
-        return {s: as_floats(m.compute()) for s, m in self.metrics.items()}
+        out = {s: as_floats(m.compute()) for s, m in self.metrics.items()}
+        for scorer, by_strategy in self._pairs.items():
+            for strategy, (ap, roc, batches) in by_strategy.items():
+                out[scorer][f"ap/{strategy}"] = ap / batches
+                out[scorer][f"auroc/{strategy}"] = roc / batches
+        return out
 
 
 def _select_output(output: Output, mask: Tensor) -> Output:
@@ -303,6 +339,8 @@ def score_time_batch(model: InteractionModel, batch: TimeBatch, evaluator: Strea
     that scores the batch also updates the state with the batch's nodes repeated in one
     step, which only exact steps do right: the state is put back and the batch replayed.
     """
+    if evaluator.protocol.pair_negatives is not None:
+        _score_pair_negatives(model, batch.scored, evaluator)
     saved = None if batch.replay is None else snapshot_state(model)
     score_chunk(model, batch.scored, evaluator)
     if saved is None:
@@ -313,6 +351,27 @@ def score_time_batch(model: InteractionModel, batch: TimeBatch, evaluator: Strea
         for step in chunk.steps:
             model(step)
         model.end_chunk(chunk)
+
+
+def _score_pair_negatives(model: InteractionModel, scored: Chunk, evaluator) -> None:
+    """Score each strategy's negative pairs from the state before the batch (the state is
+    put back after each), and hand them to the evaluator for the batch's AP and AUROC."""
+    protocol = evaluator.protocol
+    (step,) = scored.steps
+    rows = (step.index - protocol.negatives_start).cpu()
+    device = step.user.device
+    out: dict[str, dict[str, Tensor]] = {s: {} for s in evaluator.metrics}
+    for strategy, (users, items) in protocol.pair_negatives.items():
+        probe = protocol.probe(users[rows].numpy(), items[rows].numpy(), step.index.cpu().numpy())
+        probe = probe.to(device)
+        saved = snapshot_state(model)
+        model.begin_chunk(Chunk(steps=[probe]))
+        output = model(probe)
+        for scorer in out:
+            out[scorer][strategy] = score_candidates(output, scorer, probe.item.unsqueeze(1))[:, 0]
+        model.end_chunk(Chunk(steps=[probe]))
+        restore_state(model, saved)
+    evaluator.add_pair_negatives(out)
 
 
 def snapshot_state(model: InteractionModel) -> dict[str, Tensor]:
