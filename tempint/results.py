@@ -102,11 +102,10 @@ def configuration_of(metrics: Mapping[str, Any]) -> tuple[str, str]:
     kept = {k: v for k, v in config.items() if k not in _NOT_CONFIGURATION}
     digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
     choices = metrics.get("choices") or {}
-    skip = {"data", "eval", "hydra", "logger", "callbacks", "trainer", "optimizer", "model"}
     extras = [
-        f"{k}={v}"
-        for k, v in sorted(choices.items())
-        if k not in skip and not k.startswith("hydra") and v not in (None, "none", "default")
+        f"{k}={choices[k]}"
+        for k in ("experiment", "ablation")
+        if choices.get(k) not in (None, "none", "default")
     ]
     label = " ".join([str(metrics.get("model", "?")), *extras])
     return label, digest[:8]

@@ -357,6 +357,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             parts = key.split("/")
             if parts[0] in ("val", "test") and parts[1] not in result["baselines"]:
                 metrics[f"protocol/{name}/{key}"] = value
+        for key in ("protocol", "mode", "ties", "scorer"):  # what it was measured under
+            metrics[f"protocol/{name}/{key}"] = result[key]
     epochs = module.epoch_seconds
     seconds_per_epoch = sum(epochs) / len(epochs) if epochs else float("nan")
     metrics.update(

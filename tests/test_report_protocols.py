@@ -108,3 +108,19 @@ def test_summary_names_the_strongest_heuristic_and_the_gap():
     text = summary_table(metrics)
     assert "strongest heuristic on test: edgebank_tw (MRR 0.5710)" in text
     assert "+0.0290" in text and "tgb: time_quantile" in text
+
+
+def test_a_checkpoint_under_another_protocol_gets_its_own_row():
+    run = _run("wikipedia", "JODIE", 0.6, 1, protocol=TGB)
+    other = dict(TGB, batch_size=1)
+    run.update(
+        {
+            "protocol/frozen_average_batch1/test/mrr": 0.7,
+            "protocol/frozen_average_batch1/protocol": other,
+            "protocol/frozen_average_batch1/mode": "frozen",
+            "protocol/frozen_average_batch1/ties": "average",
+        }
+    )
+    rows = protocols_table([run]).splitlines()
+    assert any("batch 1 | JODIE | 1 | 0.7000" in r for r in rows)
+    assert any("batch 200 | JODIE | 1 | 0.6000" in r for r in rows)
