@@ -248,3 +248,24 @@ def test_ap_and_auroc_match_their_definitions_on_many_ties():
 def test_ap_needs_both_classes():
     with pytest.raises(ValueError, match="one positive and one negative"):
         auroc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"batch_size": 0}, "eval.batch_size=0"),
+        ({"batch_size": 200, "mode": "online"}, "set eval.mode=frozen"),
+        ({"pair_negatives": ["hist"]}, "eval.pair_negatives"),
+        ({"pair_negatives": ["random"], "batch_size": 1}, "eval.batch_size > 1"),
+        ({"num_negatives": -3}, "eval.num_negatives=-3"),
+        ({"split": {"split": "shuffled"}}, "eval.split.split='shuffled'"),
+    ],
+)
+def test_protocol_mistakes_are_named_before_training(overrides, message):
+    from omegaconf import OmegaConf
+
+    from tempint.config import validate_config
+
+    cfg = OmegaConf.create({"eval": {"mode": "frozen", **overrides}})
+    with pytest.raises(ConfigError, match=message):
+        validate_config(cfg)
