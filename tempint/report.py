@@ -79,16 +79,26 @@ def _with_other_protocols(runs: Iterable[Mapping]) -> list[Mapping]:
         names = {k.split("/")[1] for k in r if k.startswith("protocol/") and k.count("/") >= 2}
         for name in sorted(names):
             prefix = f"protocol/{name}/"
-            if prefix + "mode" not in r:  # runs older than the record of their protocol
-                continue
             other = {
                 k: v
                 for k, v in r.items()
                 if not k.startswith(("val/", "test/", "protocol/")) and k != "baselines"
             }
+            if prefix + "mode" not in r:  # older runs: read it from the name
+                other.update(_protocol_from_name(name, r.get("protocol")))
             other.update({k[len(prefix) :]: v for k, v in r.items() if k.startswith(prefix)})
             out.append(other)
     return out
+
+
+def _protocol_from_name(name: str, main: Mapping | None) -> dict:
+    """Mode, ties and batch size of an `eval.also` entry named `<mode>_<ties>[_batch<B>]`
+    by runs that did not record them; the rest is the run's main protocol."""
+    parts = name.split("_")
+    proto = dict(main) if isinstance(main, Mapping) else {}
+    if len(parts) > 2 and parts[2].startswith("batch"):
+        proto["batch_size"] = int(parts[2].removeprefix("batch"))
+    return {"mode": parts[0], "ties": parts[1] if len(parts) > 1 else "?", "protocol": proto}
 
 
 def _sections(runs: Iterable[Mapping]) -> dict[tuple[str, str], list[Mapping]]:

@@ -124,3 +124,13 @@ def test_a_checkpoint_under_another_protocol_gets_its_own_row():
     rows = protocols_table([run]).splitlines()
     assert any("batch 1 | JODIE | 1 | 0.7000" in r for r in rows)
     assert any("batch 200 | JODIE | 1 | 0.6000" in r for r in rows)
+
+
+def test_older_runs_name_their_other_protocol_in_the_key():
+    run = _run("wikipedia", "JODIE", 0.78, 1, mode="online", ties="optimistic")
+    run["protocol/frozen_average/test/mrr"] = 0.69
+    rows = protocols_table([run]).splitlines()
+    frozen = next(r for r in rows if "0.6900" in r)
+    assert "frozen, average ties" in frozen and "published" not in frozen.split("|")[3]
+    online = next(r for r in rows if "0.7800" in r)
+    assert "0.746 / 0.822" in online
