@@ -25,7 +25,15 @@ __all__ = [
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 # the heuristics `eval.baselines` may list (train.BASELINES maps them to their classes)
-BASELINE_NAMES = ("recency", "popularity", "recent_popularity")
+BASELINE_NAMES = (
+    "recency",
+    "popularity",
+    "recent_popularity",
+    "user_frequency",
+    "edgebank_unlimited",
+    "edgebank_tw",
+    "popularity_unseen",
+)
 # model sizes, at any depth of `model` (a wrapped base model too): positive integers
 _MODEL_SIZES = (
     "dim",
@@ -142,6 +150,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"eval.online_windows={windows!r} is invalid; expected a positive integer "
             "(the number of online-evaluation windows over the training time span)"
         )
+    _validate_protocol(eval_cfg)
     _check_model(cfg.get("model"), "model")
     _check_trainer_args(cfg.get("trainer"))
     check_trainer(cfg.get("trainer") or {})
@@ -256,3 +265,38 @@ def check_trainer(trainer) -> None:
             f"{strategy!r} asks for several processes, but memory models run one device per "
             "job; set trainer.devices=1 and parallelise with a sweep (hydra/launcher=slurm)"
         )
+
+
+def _validate_protocol(eval_cfg) -> None:
+    """The protocol keys of `eval` (conf/eval/tgb.yaml, ...), checked before any training."""
+
+    def count(key: str, lowest: int):
+        value = eval_cfg.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+            raise ConfigError(f"eval.{key}={value!r} is invalid; expected an integer >= {lowest}")
+        return value
+
+    batch_size = count("batch_size", 1) or 1
+    count("num_negatives", 1)
+    count("min_train_events", 0)
+    if batch_size > 1 and eval_cfg.get("mode", "frozen") != "frozen":
+        raise ConfigError(
+            f"eval.batch_size={batch_size} scores batches with frozen weights; "
+            "set eval.mode=frozen or eval.batch_size=1"
+        )
+    strategies = list(eval_cfg.get("pair_negatives") or [])
+    unknown = [s for s in strategies if s not in ("random", "historical", "inductive")]
+    if unknown:
+        raise ConfigError(
+            f"eval.pair_negatives={unknown} is unknown; use some of random, historical, inductive"
+        )
+    if strategies and batch_size < 2:
+        raise ConfigError(
+            "eval.pair_negatives draws one negative per batch; set eval.batch_size > 1"
+        )
+    split = eval_cfg.get("split") or {}
+    mode = split.get("split") if hasattr(split, "get") else None
+    if mode is not None and mode not in ("position", "time_quantile"):
+        raise ConfigError(f"eval.split.split={mode!r} is unknown; use position or time_quantile")

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tempint.data.batch import Chunk
 from tempint.errors import ConfigError, UserError
-from tempint.eval.protocol import StreamEvaluator, score_chunk
+from tempint.eval.protocol import StreamEvaluator, restore_state, score_chunk
 from tempint.models.base import InteractionModel
 
 __all__ = ["InteractionModule", "NumericalFault", "fused_allowed"]
@@ -257,16 +257,8 @@ class InteractionModule(L.LightningModule):
         for scorer, m in metrics.items():
             if not math.isnan(m["mrr"]):
                 self.log(f"val/{scorer}/mrr", m["mrr"])
-        state = self._state()
         with torch.no_grad():
-            for name, saved in self._snapshot.items():
-                current = state[name]
-                if current.shape == saved.shape:
-                    current.copy_(saved)
-                else:  # state sized by the stream (pairs seen) grew during validation
-                    owner, _, attr = name.rpartition(".")
-                    setattr(self.model.get_submodule(owner), attr, saved)
-        self.model.detach_state()  # drop any per-chunk state kept beside the buffers
+            restore_state(self.model, self._snapshot)  # grown buffers (pair tables) too
         self._snapshot = None
 
     # ---- checkpoints carry the training-epoch timings -------------------------------

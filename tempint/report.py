@@ -12,9 +12,17 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from tempint.results import load_runs
+from tempint.results import configuration_of, load_runs, protocol_of
 
-__all__ = ["summary_table", "load_runs", "leaderboard", "bridge_table", "main"]
+__all__ = [
+    "summary_table",
+    "load_runs",
+    "leaderboard",
+    "bridge_table",
+    "protocols_table",
+    "PUBLISHED",
+    "main",
+]
 
 SUMMARY_TAGS = ("repeat", "new", "last")
 
@@ -45,49 +53,220 @@ def summary_table(metrics: Mapping, split: str = "test") -> str:
             + [_fmt(metrics.get(f"{prefix}/mrr/{t}")) for t in SUMMARY_TAGS]
         )
     lines = [
-        f"{split} split, protocol: {metrics.get('mode', '?')} weights, {metrics.get('ties', '?')} "
-        f"ties, scorer {metrics.get('scorer', '?')} (chosen on validation); shares: {shares}",
+        f"{split} split, protocol {protocol_of(metrics)}: {metrics.get('mode', '?')} weights, "
+        f"{metrics.get('ties', '?')} ties, scorer {metrics.get('scorer', '?')} (chosen on "
+        f"validation); shares: {shares}",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    strongest = metrics.get(f"{split}/strongest_heuristic")
+    if strongest:
+        lines.append(
+            f"strongest heuristic on {split}: {strongest} "
+            f"(MRR {_fmt(metrics.get(f'{split}/strongest_heuristic/mrr'))}); the model's gap to "
+            f"it: {metrics.get(f'{split}/gap_to_strongest_heuristic', float('nan')):+.4f}"
+        )
     return "\n".join(lines)
 
 
+def _with_other_protocols(runs: Iterable[Mapping]) -> list[Mapping]:
+    """Each run, then the same checkpoint under each of its `eval.also` protocols as a
+    run of its own (keys `protocol/<name>/...`), so that each lands in its own section."""
+    out = []
+    for r in runs:
+        out.append(r)
+        names = {k.split("/")[1] for k in r if k.startswith("protocol/") and k.count("/") >= 2}
+        for name in sorted(names):
+            prefix = f"protocol/{name}/"
+            other = {
+                k: v
+                for k, v in r.items()
+                if not k.startswith(("val/", "test/", "protocol/")) and k != "baselines"
+            }
+            if prefix + "mode" not in r:  # older runs: read it from the name
+                other.update(_protocol_from_name(name, r.get("protocol")))
+            other.update({k[len(prefix) :]: v for k, v in r.items() if k.startswith(prefix)})
+            out.append(other)
+    return out
+
+
+def _protocol_from_name(name: str, main: Mapping | None) -> dict:
+    """Mode, ties and batch size of an `eval.also` entry named `<mode>_<ties>[_batch<B>]`
+    by runs that did not record them; the rest is the run's main protocol."""
+    parts = name.split("_")
+    proto = dict(main) if isinstance(main, Mapping) else {}
+    if len(parts) > 2 and parts[2].startswith("batch"):
+        proto["batch_size"] = int(parts[2].removeprefix("batch"))
+    return {"mode": parts[0], "ties": parts[1] if len(parts) > 1 else "?", "protocol": proto}
+
+
+def _sections(runs: Iterable[Mapping]) -> dict[tuple[str, str], list[Mapping]]:
+    """Runs by (dataset, protocol), in run order: numbers of different sections are never
+    read against each other."""
+    out: dict[tuple[str, str], list[Mapping]] = {}
+    for r in _with_other_protocols(runs):
+        out.setdefault((str(r.get("dataset", "?")), protocol_of(r)), []).append(r)
+    return out
+
+
+def _dataset_name(dataset: str) -> str:
+    """A dataset's name for tables: the file stem of a path."""
+    return Path(dataset).stem if "/" in dataset else dataset
+
+
 def leaderboard(runs: Iterable[Mapping], split: str = "test") -> str:
-    """Markdown: one row per run, with the heuristics of the same run beside it."""
+    """Markdown: a section per dataset and protocol, one row per run, with the
+    heuristics of the same run beside it, then each configuration's mean over seeds."""
     header = [
         "run",
         "model",
-        "data",
         "MRR",
         "MRR repeat",
         "MRR new",
         "R@10",
         "recency MRR",
         "popularity MRR",
+        "strongest heuristic",
         "s/epoch",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for r in runs:
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    Path(r.get("_path", "")).name,
-                    str(r.get("model", "?")),
-                    str(r.get("dataset", "?")),
-                    _fmt(r.get(f"{split}/mrr")),
-                    _fmt(r.get(f"{split}/mrr/repeat")),
-                    _fmt(r.get(f"{split}/mrr/new")),
-                    _fmt(r.get(f"{split}/recall@10")),
-                    _fmt(r.get(f"{split}/recency/mrr")),
-                    _fmt(r.get(f"{split}/popularity/mrr")),
-                    _fmt(r.get("train/seconds_per_epoch")),
-                ]
+    lines: list[str] = []
+    for (dataset, protocol), group in _sections(runs).items():
+        lines += [f"### {_dataset_name(dataset)} · {protocol}", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for r in group:
+            strongest = r.get(f"{split}/strongest_heuristic")
+            best = (
+                f"{strongest} {_fmt(r.get(f'{split}/strongest_heuristic/mrr'))}"
+                if strongest
+                else "–"
             )
-            + " |"
-        )
+            cells = [
+                Path(r.get("_path", "")).name,
+                configuration_of(r)[0],
+                _fmt(r.get(f"{split}/mrr")),
+                _fmt(r.get(f"{split}/mrr/repeat")),
+                _fmt(r.get(f"{split}/mrr/new")),
+                _fmt(r.get(f"{split}/recall@10")),
+                _fmt(r.get(f"{split}/recency/mrr")),
+                _fmt(r.get(f"{split}/popularity/mrr")),
+                best,
+                _fmt(r.get("train/seconds_per_epoch")),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", _seed_means(group, split), ""]
+    return "\n".join(lines).rstrip()
+
+
+def _seed_means(group: list[Mapping], split: str) -> str:
+    """Each configuration of a section: MRR mean ± sd over its seeds."""
+    configs: dict[str, list[Mapping]] = {}
+    labels: dict[str, str] = {}
+    for r in group:
+        label, cid = configuration_of(r)
+        configs.setdefault(cid, []).append(r)
+        labels[cid] = label
+    parts = []
+    for cid, rs in configs.items():
+        mean, sd = _mean_sd([r.get(f"{split}/mrr") for r in rs])
+        parts.append(f"{labels[cid]} [{cid}]: {_fmt(mean)} ± {_fmt(sd)} ({len(rs)} seeds)")
+    return f"{split} MRR over seeds: " + "; ".join(parts)
+
+
+def _mean_sd(values: list) -> tuple[float, float]:
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not finite:
+        return float("nan"), float("nan")
+    mean = sum(finite) / len(finite)
+    if len(finite) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
+
+
+_TGB = "TGB leaderboard, tgbl-wiki-v2 (batch size the submitter's: DyGLib_TGB runs 1)"
+# Published test figures: (dataset, protocol name or "online_optimistic" for JODIE's own,
+# model) -> (MRR, recall/hits@10 or None, source). Wikipedia under TGB is tgbl-wiki-v2.
+PUBLISHED: dict[tuple[str, str], list[tuple[str, float, float | None, str]]] = {
+    ("wikipedia", "tgb"): [
+        ("TPNet", 0.827, None, _TGB),
+        ("heuristic", 0.821, None, _TGB),
+        ("DyGFormer", 0.798, None, _TGB),
+        ("CAWN", 0.711, None, _TGB),
+        ("EdgeBank(tw)", 0.571, None, "TGB leaderboard, tgbl-wiki-v2 (TGB's example: batch 200)"),
+        ("TGN", 0.396, None, _TGB),
+    ],
+    ("wikipedia", "jodie"): [("JODIE", 0.746, 0.822, "Kumar et al. KDD'19, table 2")],
+    ("wikipedia", "deepred"): [("DeePRed", 0.885, 0.889, "Kefato et al. WWW'21")],
+}
+# our names for the published ones, to set a measured row beside its published figure
+_SAME_MODEL = {
+    "JODIE": "JODIE",
+    "DeePRed": "DeePRed",
+    "edgebank_tw": "EdgeBank(tw)",
+}
+
+
+def _published_key(run: Mapping) -> tuple[str, str]:
+    """(dataset family, protocol family) of a run, for `PUBLISHED`."""
+    dataset = str(run.get("dataset", "")).lower()
+    dataset = "wikipedia" if "wikipedia" in dataset else dataset
+    proto = run.get("protocol") or {}
+    name = str(proto.get("name", "streaming")) if isinstance(proto, Mapping) else "streaming"
+    if name.startswith("deepred"):
+        return dataset, "deepred"
+    if name == "streaming" and run.get("mode") == "online" and run.get("ties") == "optimistic":
+        return dataset, "jodie"
+    return dataset, name
+
+
+def protocols_table(runs: Iterable[Mapping], split: str = "test") -> str:
+    """One table: each model (and heuristic) under each protocol, mean ± sd over seeds,
+    with the published figure of the same model under the same protocol beside it and
+    the other published figures of that protocol as rows of their own."""
+    header = ["dataset", "protocol", "model", "seeds", "MRR", "@10", "published", "source"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for (dataset, protocol), group in _sections(runs).items():
+        shown: set[str] = set()
+        dataset = _dataset_name(dataset)
+        pkey = _published_key(group[0])
+        published = {name: (m, k, src) for name, m, k, src in PUBLISHED.get(pkey, [])}
+        at10 = "hits@10" if any(f"{split}/hits@10" in r for r in group) else "recall@10"
+        rows: dict[str, tuple[str, list[float], list[float]]] = {}
+        for r in group:
+            label, cid = configuration_of(r)
+            entry = rows.setdefault(cid, (label, [], []))
+            entry[1].append(r.get(f"{split}/mrr"))
+            entry[2].append(r.get(f"{split}/{at10}"))
+            for b in r.get("baselines") or []:
+                b_entry = rows.setdefault(f"baseline:{b}", (b, [], []))
+                if len(b_entry[1]) < 1:  # a heuristic is the same in every run of a section
+                    b_entry[1].append(r.get(f"{split}/{b}/mrr"))
+                    b_entry[2].append(r.get(f"{split}/{b}/{at10}"))
+        for label, mrrs, tens in rows.values():
+            mean, sd = _mean_sd(mrrs)
+            ten, _ = _mean_sd(tens)
+            model = label.split(" ")[0]
+            pub = published.get(_SAME_MODEL.get(model, ""))
+            if pub:
+                shown.add(_SAME_MODEL[model])
+            cells = [
+                dataset,
+                protocol,
+                label,
+                str(len([m for m in mrrs if m is not None])),
+                f"{_fmt(mean)} ± {_fmt(sd)}" if len(mrrs) > 1 else _fmt(mean),
+                _fmt(ten),
+                "–" if not pub else f"{pub[0]:.3f}" + (f" / {pub[1]:.3f}" if pub[1] else ""),
+                "–" if not pub else pub[2],
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+        for name, (m, k, src) in published.items():
+            if name in shown:
+                continue
+            pub = f"{m:.3f}" + (f" / {k:.3f}" if k else "")
+            lines.append(
+                f"| {dataset} | {protocol} | {name} (published) | – | – | – | {pub} | {src} |"
+            )
     return "\n".join(lines)
 
 
@@ -158,6 +337,11 @@ def main(argv: list[str] | None = None) -> None:
         "--bridge", action="store_true", help="the JODIE→LiMNet bridge table of a bridge sweep"
     )
     parser.add_argument(
+        "--protocols",
+        action="store_true",
+        help="each model under each protocol, beside the published figures",
+    )
+    parser.add_argument(
         "--out", default=None, help="folder for leaderboard.md and the figures (PNG)"
     )
     args = parser.parse_args(argv)
@@ -165,7 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     if not runs:
         print(f"tempint-report: no metrics.json under {args.path}", file=sys.stderr)
         sys.exit(2)
-    table = bridge_table(runs, args.split) if args.bridge else leaderboard(runs, args.split)
+    if args.bridge:
+        table = bridge_table(runs, args.split)
+    elif args.protocols:
+        table = protocols_table(runs, args.split)
+    else:
+        table = leaderboard(runs, args.split)
     print(table)
     if args.out:
         write_report(args.path, args.out, table, f"{args.split}/mrr")

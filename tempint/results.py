@@ -5,8 +5,14 @@ side, or runs fetched from W&B all become the same table. Every figure groups th
 by model and by the key a sweep varied, and shows the spread over seeds, so no single
 seed is read as a result.
 
+Numbers measured under different protocols or configurations are never pooled: every
+summary and figure groups by `dataset`, `protocol` and `config_id`, and only seeds are
+averaged.
+
 Columns: `run` (the run directory), `sweep` (its parent, the multirun), `job`, `model`,
-`dataset`, `seed`, `overrides` (Hydra's command-line overrides of the run), every numeric
+`dataset`, `seed`, `protocol` (split, mode, ties, negatives, batch size: `protocol_of`),
+`configuration` and `config_id` (the run's config less its seed and where it was
+written: `configuration_of`), `overrides` (Hydra's command-line overrides of the run), every numeric
 metric under its own key (`test/mrr`, `train/seconds_per_epoch`, ...) and every config
 leaf as `cfg.<dotted key>` (`cfg.model.layers`, `cfg.sampler.length`, ...).
 """
@@ -28,6 +34,9 @@ __all__ = [
     "ABLATIONS",
     "BadRunFileWarning",
     "load_runs",
+    "protocol_of",
+    "configuration_of",
+    "GROUP",
     "runs_table",
     "runs_from_wandb",
     "fetch_wandb",
@@ -47,6 +56,61 @@ ABLATIONS: dict[str, tuple[str, str]] = {
     "sequence_length": ("cfg.sampler.length", "window length L (sequence sampler)"),
 }
 BASELINES = ("recency", "popularity")
+# what a number was measured on and under; figures and tables never pool across these
+GROUP = ["dataset", "protocol"]
+# config keys that do not change what a run measures (seeds are averaged over)
+_NOT_CONFIGURATION = {
+    "seed",
+    "output_dir",
+    "group",
+    "tags",
+    "resume",
+    "threads",
+    "logger",
+    "callbacks",
+    "hydra",
+    "task_name",
+    "data",
+    "eval",
+}
+
+
+def protocol_of(metrics: Mapping[str, Any]) -> str:
+    """The protocol a run's numbers were measured under, as one readable key: split mode,
+    weights (frozen / online), tie policy, negatives and evaluation batch size."""
+    proto = metrics.get("protocol") or {}
+    if not isinstance(proto, Mapping):
+        proto = {}
+    split = metrics.get("split") or {}
+    split_mode = split.get("mode", "position") if isinstance(split, Mapping) else "position"
+    negatives = proto.get("negatives", "all")
+    negatives = "all items" if negatives == "all" else f"{negatives} sampled"
+    if proto.get("exclude_same_time"):
+        negatives += " less same-time"
+    if proto.get("min_train_events"):
+        negatives += f", >= {proto['min_train_events']} training events"
+    return (
+        f"{proto.get('name', 'streaming')}: {split_mode} split, {metrics.get('mode', '?')}, "
+        f"{metrics.get('ties', '?')} ties, {negatives}, batch {proto.get('batch_size', 1)}"
+    )
+
+
+def configuration_of(metrics: Mapping[str, Any]) -> tuple[str, str]:
+    """(label, id) of a run's configuration: its config less seed, paths, data and
+    protocol (columns of their own). The label is the model and its non-default choices."""
+    import hashlib
+
+    config = dict(metrics.get("config") or {})
+    kept = {k: v for k, v in config.items() if k not in _NOT_CONFIGURATION}
+    digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+    choices = metrics.get("choices") or {}
+    extras = [
+        f"{k}={choices[k]}"
+        for k in ("experiment", "ablation")
+        if choices.get(k) not in (None, "none", "default")
+    ]
+    label = " ".join([str(metrics.get("model", "?")), *extras])
+    return label, digest[:8]
 
 
 # ---- loading -----------------------------------------------------------------------
@@ -84,8 +148,10 @@ def _row(metrics: Mapping[str, Any], run: str, sweep: str, overrides: str) -> di
         "model": metrics.get("model"),
         "dataset": metrics.get("dataset"),
         "seed": config.get("seed"),
+        "protocol": protocol_of(metrics),
         "overrides": overrides,
     }
+    row["configuration"], row["config_id"] = configuration_of(metrics)
     for key, value in metrics.items():
         if "/" in key and (value is None or _is_number(value)):
             row[key] = value
@@ -234,19 +300,46 @@ def _figure(width: float = 7.0, height: float = 4.0, ncols: int = 1):
     return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
+def _groups(df: pl.DataFrame, keys: list[str] | None = None) -> list[tuple[dict, pl.DataFrame]]:
+    """The runs split by `keys` (default `GROUP`: dataset and protocol), in run order."""
+    keys = [k for k in (keys or GROUP) if k in df.columns]
+    if not keys:
+        return [({}, df)]
+    out = []
+    for values in df.select(keys).unique(maintain_order=True).rows():
+        mask = pl.lit(True)
+        for k, v in zip(keys, values):
+            mask = mask & (pl.col(k).is_null() if v is None else pl.col(k) == v)
+        out.append((dict(zip(keys, values)), df.filter(mask)))
+    return out
+
+
+def _group_title(key: Mapping[str, Any]) -> str:
+    return " · ".join(str(v) for v in key.values())
+
+
 def _bars(ax, df: pl.DataFrame, metric: str, ylabel: str) -> None:
-    stats = spread(df, ["model"], metric).sort("mean", descending=True)
-    names = stats["model"].to_list()
-    ax.bar(names, stats["mean"].to_list(), yerr=stats["std"].to_list(), capsize=4, color="C0")
-    for x, name in enumerate(names):
-        values = df.filter(pl.col("model") == name)[metric].drop_nulls().to_list()
+    """One bar per configuration (mean ± sd over its seeds), its runs as dots."""
+    by = ["model", "config_id", "configuration"] if "config_id" in df.columns else ["model"]
+    stats = spread(df, by, metric).sort("mean", descending=True)
+    label = "configuration" if "configuration" in stats.columns else "model"
+    names = stats[label].to_list()
+    xs = list(range(len(names)))
+    ax.bar(xs, stats["mean"].to_list(), yerr=stats["std"].to_list(), capsize=4, color="C0")
+    for x, row in zip(xs, stats.iter_rows(named=True)):
+        mask = pl.lit(True)
+        for k in by:
+            mask = mask & (pl.col(k) == row[k])
+        values = df.filter(mask)[metric].drop_nulls().to_list()
         ax.plot([x] * len(values), values, "k.", alpha=0.6)
+    ax.set_xticks(xs, names)
     ax.set_ylabel(ylabel)
     ax.tick_params(axis="x", labelrotation=30)
 
 
 def model_comparison(df: pl.DataFrame, metric: str = "test/mrr"):
-    """Each model's MRR (bars: mean ± sd over seeds, dots: runs), heuristics as lines.
+    """Each configuration's MRR (bars: mean ± sd over seeds, dots: runs), heuristics as
+    lines; one row of panels per dataset and protocol, never pooled across them.
 
     The right panel is the same on `new` interactions (items the user never had), where
     remembering the user's past items cannot help.
@@ -255,16 +348,22 @@ def model_comparison(df: pl.DataFrame, metric: str = "test/mrr"):
     panels = [(metric, f"{split} {name}")]
     if f"{metric}/new" in df.columns and df[f"{metric}/new"].drop_nulls().len():
         panels.append((f"{metric}/new", f"{split} {name}, new items only"))
-    fig, axes = _figure(4.0 + 3.5 * len(panels), 4.2, ncols=len(panels))
-    for ax, (column, label) in zip(axes, panels):
-        _bars(ax, df, column, label)
-        suffix = column.removeprefix(f"{split}/{name}")
-        for i, baseline in enumerate(BASELINES):
-            col = f"{split}/{baseline}/{name}{suffix}"
-            if col in df.columns and df[col].drop_nulls().len():
-                ax.axhline(df[col].mean(), ls="--", color=f"C{i + 1}", label=baseline)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(title="heuristic, same split", fontsize=8)
+    groups = _groups(df)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.0 + 3.5 * len(panels), 4.2 * len(groups)), layout="constrained")
+    for g, (key, part) in enumerate(groups):
+        for p, (column, label) in enumerate(panels):
+            ax = fig.add_subplot(len(groups), len(panels), g * len(panels) + p + 1)
+            _bars(ax, part, column, label)
+            ax.set_title(_group_title(key), fontsize=8)
+            suffix = column.removeprefix(f"{split}/{name}")
+            for i, baseline in enumerate(BASELINES):
+                col = f"{split}/{baseline}/{name}{suffix}"
+                if col in part.columns and part[col].drop_nulls().len():
+                    ax.axhline(part[col].mean(), ls="--", color=f"C{i + 1}", label=baseline)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(title="heuristic, same split", fontsize=8)
     fig.suptitle(f"Model comparison ({df.height} runs)")
     return fig
 
@@ -282,11 +381,16 @@ def ablation(df: pl.DataFrame, column: str, metric: str = "test/mrr", label: str
         values = sorted(values)  # numbers and booleans in order, names in sweep order
     if len(values) < 2:
         return None
-    stats = spread(runs, ["model", column], metric)
+    keys = [k for k in GROUP if k in runs.columns]
+    stats = spread(runs, [*keys, "model", column], metric)
     positions = {v: i for i, v in enumerate(values)}
     fig, (ax,) = _figure(6.5, 4.0)
-    for i, model in enumerate(stats["model"].unique(maintain_order=True).to_list()):
-        part = stats.filter(pl.col("model") == model)
+    lines = _groups(stats, [*keys, "model"])
+    several = len({tuple(k[g] for g in keys) for k, _ in lines}) > 1
+    for i, (key, part) in enumerate(lines):
+        model = key["model"]
+        if several:  # never one line across datasets or protocols
+            model = f"{model} ({_group_title({g: key[g] for g in keys})})"
         xs = [positions[v] for v in part[column].to_list()]
         ax.errorbar(
             xs,
@@ -317,10 +421,16 @@ def training_speed(df: pl.DataFrame):
     ]
     if not panels:
         return None
-    fig, axes = _figure(4.0 + 3.5 * len(panels), 4.2, ncols=len(panels))
-    for ax, (column, label) in zip(axes, panels):
-        _bars(ax, df, column, label)
-        ax.set_yscale("log")
+    from matplotlib.figure import Figure
+
+    groups = _groups(df, ["dataset"])
+    fig = Figure(figsize=(4.0 + 3.5 * len(panels), 4.2 * len(groups)), layout="constrained")
+    for g, (key, part) in enumerate(groups):
+        for p, (column, label) in enumerate(panels):
+            ax = fig.add_subplot(len(groups), len(panels), g * len(panels) + p + 1)
+            _bars(ax, part, column, label)
+            ax.set_yscale("log")
+            ax.set_title(_group_title(key), fontsize=8)
     fig.suptitle("Training speed (mean ± sd over runs)")
     return fig
 

@@ -18,16 +18,22 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tempint.config import check_cli_overrides, check_output_folder, validate_config
-from tempint.errors import UserError
+from tempint.errors import ConfigError, UserError
 
 __all__ = ["train", "main", "evaluate_module"]
 
 log = logging.getLogger("tempint")
 
+# every name of config.BASELINE_NAMES (checked before training), with its class
 BASELINES = {
     "recency": "tempint.models.heuristics.Recency",
     "popularity": "tempint.models.heuristics.Popularity",
     "recent_popularity": "tempint.models.heuristics.RecentPopularity",
+    # the field's heuristics: (class, arguments)
+    "user_frequency": "tempint.models.field_heuristics.UserFrequency",
+    "edgebank_unlimited": ("tempint.models.field_heuristics.EdgeBank", {"memory": "unlimited"}),
+    "edgebank_tw": ("tempint.models.field_heuristics.EdgeBank", {"memory": "time_window"}),
+    "popularity_unseen": "tempint.models.field_heuristics.PopularityUnseen",
 }
 
 
@@ -39,26 +45,122 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
-def _warm_baselines(names, dm, device) -> dict:
+def _warm_baselines(names, dm, device, batch_size: int = 1) -> dict:
     """Heuristics fed the training stream, ready to replay validation and test."""
     import torch
     from hydra.utils import get_class
 
     out = {}
     for name in names:
-        baseline = get_class(BASELINES[name])(dm.num_users, dm.num_items).to(device)
+        if name not in BASELINES:
+            raise ConfigError(
+                f"eval.baselines names {name!r}, which is not a heuristic; "
+                f"known: {', '.join(BASELINES)}"
+            )
+        spec = BASELINES[name]
+        path, kwargs = spec if isinstance(spec, tuple) else (spec, {})
+        baseline = get_class(path)(dm.num_users, dm.num_items, **kwargs).to(device)
         baseline.reset_state()
         with torch.no_grad():
             for chunk in dm.chunks(dm.warmup_plans()):
                 chunk = chunk.to(device)
                 for step in chunk.steps:
                     baseline(step)
-        out[name] = (
-            baseline,
-            lambda: dm.eval_chunks("val", "exact", device),
-            lambda: dm.eval_chunks("test", "exact", device),
-        )
+        out[name] = (baseline, *_eval_sources(baseline, dm, "exact", batch_size, device))
     return out
+
+
+def _eval_sources(model, dm, kind: str, batch_size: int, device=None):
+    """Validation and test chunk sources: the model's steps (batch 1, kept on `device`)
+    or TGB batches."""
+    if batch_size <= 1:
+        return (
+            lambda: dm.eval_chunks("val", kind, device),
+            lambda: dm.eval_chunks("test", kind, device),
+        )
+    if getattr(model, "step_updates_commute", False):
+        replay = None
+    else:
+        replay = "contiguous" if getattr(model, "exact_any_step", False) else "exact"
+    return (
+        lambda: dm.eval_batches("val", batch_size, replay),
+        lambda: dm.eval_batches("test", batch_size, replay),
+    )
+
+
+def eval_protocol(cfg: DictConfig, dm):
+    """The `Protocol` of `cfg.eval` on this data: its exclusions and fixed negatives."""
+    import numpy as np
+    import torch
+
+    from tempint.eval.negatives import same_time_exclusions, sampled_negatives
+    from tempint.eval.protocol import Protocol
+
+    ev = cfg.eval
+    batch_size = int(ev.get("batch_size") or 1)
+    if batch_size < 1:
+        raise ConfigError(f"eval.batch_size={batch_size} must be a positive integer")
+    if batch_size > 1 and ev.mode != "frozen":
+        raise ConfigError("eval.batch_size > 1 scores frozen weights; set eval.mode=frozen")
+    users, items, t = dm._users, dm._items, dm._t
+    evaluated = range(dm.split.train_end, dm.split.num_interactions)
+    exclusions = None
+    if ev.get("exclude_same_time"):
+        exclusions = same_time_exclusions(users, items, t, [dm.split.val, dm.split.test])
+    negatives = None
+    num_negatives = ev.get("num_negatives")
+    if num_negatives:
+        parts = []
+        for stage, rows in (("val", dm.split.val), ("test", dm.split.test)):
+            path = dm.negatives_path(stage)
+            positives = items[rows.start : rows.stop]
+            parts.append(sampled_negatives(path, positives, dm.num_items, int(num_negatives)))
+        negatives = torch.from_numpy(np.concatenate(parts))
+    pair_negatives = None
+    strategies = list(ev.get("pair_negatives") or [])
+    if strategies:
+        from tempint.eval.dyglib import SEEDS, STRATEGIES, dyglib_negatives
+
+        unknown = [s for s in strategies if s not in STRATEGIES]
+        if unknown:
+            raise ConfigError(
+                f"eval.pair_negatives names {unknown}; use some of {', '.join(STRATEGIES)}"
+            )
+        if batch_size < 2:
+            raise ConfigError("eval.pair_negatives draws per batch; set eval.batch_size > 1")
+        pair_negatives = {}
+        for strategy in strategies:
+            parts = []
+            for stage, rows in (("val", dm.split.val), ("test", dm.split.test)):
+                last_observed = float(t[rows.start - 1])  # end of the previous split
+                parts.append(
+                    dyglib_negatives(
+                        users, items, t, rows, last_observed, strategy, SEEDS[stage], batch_size
+                    )
+                )
+            pair_negatives[strategy] = (
+                torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                torch.from_numpy(np.concatenate([p[1] for p in parts])),
+            )
+    keep = None
+    min_events = int(ev.get("min_train_events") or 0)
+    if min_events > 0:
+        train = slice(0, dm.split.train_end)
+        user_n = np.bincount(users[train], minlength=dm.num_users)
+        item_n = np.bincount(items[train], minlength=dm.num_items)
+        keep = torch.from_numpy((user_n[users] >= min_events) & (item_n[items] >= min_events))
+    return Protocol(
+        name=str(ev.get("protocol") or "streaming"),
+        batch_size=batch_size,
+        exclusions=exclusions,
+        negatives=negatives,
+        negatives_start=evaluated.start,
+        hits_ks=tuple(ev.get("hits_ks") or ()),
+        keep=keep,
+        min_train_events=min_events,
+        pair_negatives=pair_negatives,
+        probe=dm.probe if pair_negatives else None,
+    )
 
 
 def _data_dependent(cfg: DictConfig, dm) -> dict[str, Any]:
@@ -77,11 +179,14 @@ def _bound_scores(dm, cfg: DictConfig) -> None:
         dm.bound_scores(int(bound))
 
 
-def eval_kind(model, dm, scorer: str, mode: str) -> str:
-    """The evaluation chunks a model replays: contiguous, blocks or exact steps."""
+def eval_kind(model, dm, scorer: str, mode: str, ranks_all: bool = True) -> str:
+    """The evaluation chunks a model replays: contiguous, blocks or exact steps.
+
+    Blocks rank against all items; a protocol of fixed negatives (`ranks_all` False)
+    ranks steps."""
     from tempint.eval.protocol import can_rank_blocks
 
-    if not dm.windowed and can_rank_blocks(model, scorer, mode):
+    if ranks_all and not dm.windowed and can_rank_blocks(model, scorer, mode):
         return "blocks"
     if getattr(model, "exact_any_step", False):
         return "contiguous"
@@ -117,12 +222,18 @@ def evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None = 
             t = dm.stream.t
             online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
         _bound_scores(dm, cfg)
-        baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device)
-        kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode)
+        protocol = eval_protocol(cfg, dm)
+        baselines = _warm_baselines(
+            cfg.eval.get("baselines") or [], dm, device, protocol.batch_size
+        )
+        ranks_all = protocol.negatives is None and protocol.keep is None
+        kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode, ranks_all)
+        val_source, test_source = _eval_sources(model, dm, kind, protocol.batch_size, device)
         return evaluate(
             model,
-            lambda: dm.eval_chunks("val", kind, device),
-            lambda: dm.eval_chunks("test", kind, device),
+            val_source,
+            test_source,
+            protocol=protocol,
             scorer=cfg.eval.scorer,
             ties=cfg.eval.ties,
             mode=cfg.eval.mode,
@@ -228,7 +339,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     sampler = instantiate(cfg.sampler)
     # models that read partner histories (DeePRed) declare their k; the data layer builds them
     history_k = max(int(cfg.data.get("history_k") or 0), int(cfg.model.get("history_k") or 0))
-    dm = instantiate(cfg.data, sampler=sampler, history_k=history_k)
+    # a protocol may fix the split (TGB's time quantiles): it overrides the data config's
+    split = dict(cfg.eval.get("split") or {})
+    dm = instantiate(cfg.data, sampler=sampler, history_k=history_k, **split)
     dm.setup()
     _bound_scores(dm, cfg)
     model = instantiate(
@@ -284,11 +397,15 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         _load_best(module, checkpoint_cb)
         other = OmegaConf.merge(cfg, {"eval": dict(extra)})
         name = f"{other.eval.mode}_{other.eval.ties}"
+        if int(other.eval.get("batch_size") or 1) != int(cfg.eval.get("batch_size") or 1):
+            name += f"_batch{int(other.eval.get('batch_size') or 1)}"
         result = evaluate_module(module, dm, other)
         for key, value in result.items():  # the model's metrics, per tag too; no baselines
             parts = key.split("/")
             if parts[0] in ("val", "test") and parts[1] not in result["baselines"]:
                 metrics[f"protocol/{name}/{key}"] = value
+        for key in ("protocol", "mode", "ties", "scorer"):  # what it was measured under
+            metrics[f"protocol/{name}/{key}"] = result[key]
     epochs = module.epoch_seconds
     seconds_per_epoch = sum(epochs) / len(epochs) if epochs else float("nan")
     metrics.update(

@@ -582,3 +582,10 @@ def test_full_disk_errno_is_an_output_error():
     err = OSError(errno.ENOSPC, "No space left on device", "/x/metrics.json")
     assert "could not write /x/metrics.json: No space left on device" in str(_user_error(err))
     assert _user_error(OSError("disk full")) is None
+
+
+def test_the_heuristics_checked_before_training_are_the_ones_a_run_can_replay():
+    from tempint.config import BASELINE_NAMES
+    from tempint.train import BASELINES
+
+    assert set(BASELINE_NAMES) == set(BASELINES)

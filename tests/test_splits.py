@@ -37,6 +37,7 @@ def test_boundary_times_are_the_first_times_of_val_and_test():
         "num_interactions": 10,
         "train_end_time": 24.0,
         "val_end_time": 27.0,
+        "mode": "position",
     }
     assert chrono_split(10).train_end_time is None
 

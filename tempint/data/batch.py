@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 import torch
 from torch import Tensor
 
-__all__ = ["Interactions", "Chunk", "TAG_NAMES"]
+__all__ = ["Interactions", "Chunk", "TimeBatch", "TAG_NAMES"]
 
 # Buckets of the user's number of earlier interactions, (lo, hi) inclusive, hi None: open.
 HISTORY_BUCKETS = ((0, 0), (1, 4), (5, 49), (50, None))
@@ -177,3 +177,25 @@ class Chunk:
             scored=None if self.scored is None else [move(s) for s in self.scored],
             block=self.block,
         )
+
+
+@dataclass
+class TimeBatch:
+    """One evaluation batch of B consecutive interactions (TGB's protocol).
+
+    `scored` is one step holding all of them: the model scores it from its state before
+    the batch. `replay` are the chunks that then feed the batch to the model exactly (its
+    usual evaluation steps, unscored); None when one forward of `scored` updates the
+    model as its interactions one by one would (`InteractionModel.step_updates_commute`).
+    """
+
+    scored: Chunk
+    replay: list[Chunk] | None = None
+
+    @property
+    def num_interactions(self) -> int:
+        return self.scored.num_interactions
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TimeBatch:
+        replay = None if self.replay is None else [c.to(device, non_blocking) for c in self.replay]
+        return TimeBatch(self.scored.to(device, non_blocking), replay)

@@ -12,7 +12,7 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from tempint.data.batch import Chunk, Interactions
+from tempint.data.batch import Chunk, Interactions, TimeBatch
 from tempint.data.features import (
     DeltaScale,
     cyclic_time,
@@ -30,7 +30,7 @@ from tempint.data.samplers import (
     exact_segments,
     user_step_plans,
 )
-from tempint.data.splits import Split, chrono_split
+from tempint.data.splits import Split, make_split
 from tempint.errors import ConfigError
 
 __all__ = ["InteractionDataModule", "build_stream", "plan_to_chunk"]
@@ -178,6 +178,7 @@ class InteractionDataModule(L.LightningDataModule):
         eval_max_batch_size: int = 512,
         eval_context: int | None = None,
         download: bool = True,
+        split: str = "position",
     ) -> None:
         super().__init__()
         if history_k < 0:
@@ -210,6 +211,7 @@ class InteractionDataModule(L.LightningDataModule):
         self.val_kind = "eval"
         self.eval_context = eval_context
         self.download = download
+        self.split_mode = split
         self.stream: Interactions | None = None
         self.split: Split | None = None
         self.source = ""
@@ -258,10 +260,20 @@ class InteractionDataModule(L.LightningDataModule):
             return
         frame, features, self.num_users, self.num_items = self._load_frame()
         t = frame["timestamp"].to_numpy()
-        self.split = chrono_split(
-            frame.height, self.val_fraction, self.test_fraction, timestamps=t, source=self.source
+        self.split = make_split(
+            self.split_mode,
+            frame.height,
+            self.val_fraction,
+            self.test_fraction,
+            timestamps=t,
+            source=self.source,
         )
         self.stream = build_stream(frame, self.split, self.history_k, features)
+        du, di = node_deltas(frame)
+        self._scales = (
+            DeltaScale.fit(du[: self.split.train_end]),
+            DeltaScale.fit(di[: self.split.train_end]),
+        )
         self._users = self.stream.user.numpy()
         self._items = self.stream.item.numpy()
         self._t = self.stream.t.numpy()
@@ -407,6 +419,87 @@ class InteractionDataModule(L.LightningDataModule):
             }[kind]
             self._eval_plans[key] = planner(stage)
         return self._eval_plans[key]
+
+    def probe(self, users: np.ndarray, items: np.ndarray, position: np.ndarray) -> Interactions:
+        """Interactions that did not happen: (user, item) at the time of the stream rows
+        `position`, with the columns the data layer would give them from the stream
+        strictly before those rows (gaps, previous item). For scoring negative pairs of
+        another user (DyGLib); partner histories are not built for them."""
+        if self.history_k > 0:
+            raise ConfigError(
+                "negative pairs of other users need no partner histories; "
+                "DyGLib's protocol does not run models with history_k > 0"
+            )
+        n = len(self._t)
+        t = self._t[position]
+
+        def last_before(nodes, column):
+            order = np.argsort(column, kind="stable")
+            sorted_keys = column[order].astype(np.int64) * n + order
+            idx = np.searchsorted(sorted_keys, nodes.astype(np.int64) * n + position) - 1
+            found = idx >= 0
+            found[found] &= sorted_keys[idx[found]] // n == nodes[found]
+            return np.where(found, sorted_keys[np.maximum(idx, 0)] % n, -1)
+
+        last_u = last_before(users, self._users)
+        last_i = last_before(items, self._items)
+        du = np.where(last_u >= 0, t - self._t[np.maximum(last_u, 0)], 0.0)
+        di = np.where(last_i >= 0, t - self._t[np.maximum(last_i, 0)], 0.0)
+        base = self.stream.select(torch.from_numpy(position))
+        edge = base.edge_features
+        return Interactions(
+            user=torch.from_numpy(users.astype(np.int64)),
+            item=torch.from_numpy(items.astype(np.int64)),
+            t=base.t,
+            state_label=torch.zeros_like(base.state_label),
+            delta_user=torch.from_numpy(self._scales[0](du)),
+            delta_item=torch.from_numpy(self._scales[1](di)),
+            prev_item=torch.from_numpy(
+                np.where(last_u >= 0, self._items[np.maximum(last_u, 0)], -1)
+            ),
+            cyclic=base.cyclic,
+            index=base.index,
+            edge_features=None if edge is None else torch.zeros_like(edge),
+            tags=base.tags,
+        )
+
+    def negatives_path(self, stage: str):
+        """Where a split's fixed negatives live: `<name>_<stage>_ns.npy` beside the data
+        (the data root for registered datasets); None for synthetic streams."""
+        from pathlib import Path
+
+        from tempint.data.registry import data_root
+
+        if self.synthetic is not None:
+            return None
+        if self.path:
+            return Path(self.path).with_name(f"{Path(self.path).stem}_{stage}_ns.npy")
+        return data_root(self.root) / f"{self.name}_{stage}_ns.npy"
+
+    def eval_batches(
+        self, stage: str, batch_size: int, replay: str | None = "exact"
+    ) -> list[TimeBatch]:
+        """Batches of `batch_size` consecutive interactions of a split, each scored at once
+        from the state before it, then fed to the model in `replay` chunks ("exact" or
+        "contiguous" steps; None: the scored step itself updates the model)."""
+        if self.windowed:
+            raise ConfigError(
+                "eval.batch_size > 1 scores global memory; the sequence sampler's windows "
+                "have none: use eval.batch_size=1 or another sampler"
+            )
+        rows = self._rows(stage)
+        out = []
+        for lo in range(rows.start, rows.stop, batch_size):
+            hi = min(lo + batch_size, rows.stop)
+            scored = plan_to_chunk(self.stream, ChunkPlan(steps=[np.arange(lo, hi)]))
+            chunks = None
+            if replay == "exact":
+                plans = exact_segments(self._users, self._items, lo, hi, self.eval_step_rows())
+                chunks = list(self.chunks(plans))
+            elif replay == "contiguous":
+                chunks = [scored]
+            out.append(TimeBatch(scored, chunks))
+        return out
 
     # ---- loaders ---------------------------------------------------------------------
     def _current_epoch(self) -> int:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tempint.data.batch import Chunk
-from tempint.eval.ranking import rank_bounds
+from tempint.eval.ranking import exclude_pairs, rank_bounds
 from tempint.models.base import Output
 
 __all__ = ["BlockRanker", "ItemVersions"]
@@ -101,8 +101,11 @@ class BlockRanker:
             raise ValueError("block ranking needs the rows each step wrote (Output.written)")
         self.outputs.append(output)
 
-    def rank(self, chunk: Chunk) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, Tensor]]:
-        """Bounds per scorer and tags of the chunk's scored interactions (in time order)."""
+    def rank(
+        self, chunk: Chunk, exclusions=None
+    ) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, Tensor]]:
+        """Bounds per scorer and tags of the chunk's scored interactions (in time order);
+        `exclusions` (`tempint.eval.negatives.PositionPairs`) take items out of a ranking."""
         steps = chunk.steps
         item = torch.cat([s.item for s in steps]).long()
         position = torch.cat([s.index for s in steps]).long()
@@ -110,7 +113,7 @@ class BlockRanker:
         versions = ItemVersions(self.table, item, position, written)
         query, bias = self.queries(self.outputs, versions)
         order = torch.argsort(position)
-        query, item = query.detach()[order], item[order]
+        query, item, position = query.detach()[order], item[order], position[order]
         if bias is not None:
             bias = bias.detach()[order]
         keep = torch.ones_like(item, dtype=torch.bool)
@@ -127,7 +130,10 @@ class BlockRanker:
             scores = _scores(self.scorers, query[lo:hi], table, fresh, row, col, version, sub_bias)
             mask = keep[lo:hi]
             for scorer, s in scores.items():
-                parts[scorer].append(rank_bounds(s[mask], item[lo:hi][mask]))
+                s = s[mask]
+                if exclusions is not None:
+                    s = exclude_pairs(s, *exclusions.lookup(position[lo:hi][mask]))
+                parts[scorer].append(rank_bounds(s, item[lo:hi][mask]))
         bounds = {
             s: (torch.cat([b for b, _ in p]), torch.cat([w for _, w in p]))
             for s, p in parts.items()

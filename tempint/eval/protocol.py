@@ -15,10 +15,20 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from tempint.data.batch import TAG_NAMES, Chunk, Interactions
+from tempint.data.batch import TAG_NAMES, Chunk, Interactions, TimeBatch
 from tempint.errors import ConfigError
 from tempint.eval.blocks import BlockRanker
-from tempint.eval.ranking import TIES, RankingMetrics, as_floats, rank_bounds, score_output
+from tempint.eval.negatives import PositionPairs
+from tempint.eval.ranking import (
+    TIES,
+    RankingMetrics,
+    as_floats,
+    candidate_bounds,
+    exclude_pairs,
+    rank_bounds,
+    score_candidates,
+    score_output,
+)
 from tempint.models.base import InteractionModel, Output, exact_scores
 
 __all__ = [
@@ -29,10 +39,51 @@ __all__ = [
     "can_rank_blocks",
     "score_chunk",
     "MODES",
+    "Protocol",
+    "snapshot_state",
+    "restore_state",
 ]
 
 MODES = ("frozen", "online")
 KS = (1, 10)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What a number is measured under, beyond the model: named in every result.
+
+    `batch_size` 1 is event-by-event streaming; B > 1 scores each batch of B consecutive
+    interactions from the state before it and feeds it to the model after (TGB's
+    examples use 200). `exclusions` are items taken out of a positive's ranking (TGB: the
+    user's other items at the same timestamp); `negatives` [n, K] fixed items per stream
+    position from `negatives_start` on rank each positive against K candidates instead of
+    all items (TGB-Seq). `keep` [N] (bool, per stream position) drops interactions from
+    the metrics, not from the stream (TGB-Seq's filter of users and items with fewer
+    than `min_train_events` training interactions). `hits_ks` adds TGB's hits@k.
+    """
+
+    name: str = "streaming"
+    batch_size: int = 1
+    exclusions: PositionPairs | None = None
+    negatives: Tensor | None = None
+    negatives_start: int = 0
+    hits_ks: tuple[int, ...] = ()
+    keep: Tensor | None = None
+    min_train_events: int = 0
+    # DyGLib: strategy -> (users, items) [n] of one negative pair per position from
+    # `negatives_start`, and `probe(users, items, positions)` making their interactions
+    pair_negatives: Mapping[str, tuple[Tensor, Tensor]] | None = None
+    probe: Callable[..., Interactions] | None = None
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "batch_size": self.batch_size,
+            "negatives": "all" if self.negatives is None else int(self.negatives.shape[1]),
+            "exclude_same_time": self.exclusions is not None,
+            "min_train_events": self.min_train_events,
+            "pair_negatives": sorted(self.pair_negatives or {}),
+        }
 
 
 class StreamEvaluator:
@@ -51,14 +102,21 @@ class StreamEvaluator:
         tags: Sequence[str] = TAG_NAMES,
         device: torch.device | str = "cpu",
         flush_every: int = 8192,
+        protocol: Protocol | None = None,
     ):
         if ties not in TIES:
             raise ConfigError(f"eval.ties={ties!r} is unknown; use one of {', '.join(TIES)}")
         self.tags = tuple(tags)
+        self.protocol = protocol or Protocol()
+        hits = self.protocol.hits_ks
         self.metrics = {
-            s: RankingMetrics(ks=tuple(ks), ties=ties, tags=self.tags).to(device) for s in scorers
+            s: RankingMetrics(ks=tuple(ks), ties=ties, tags=self.tags, hits_ks=hits).to(device)
+            for s in scorers
         }
         self.flush_every = flush_every
+        # DyGLib: per scorer and strategy, sums of per-batch AP and AUROC, and batches
+        self._pairs = {s: {} for s in scorers}
+        self._pending_negatives: dict[str, dict[str, Tensor]] | None = None
         self._ranks: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in scorers}
         self._tags: list[dict[str, Tensor]] = []
         self._keep: list[Tensor | None] = []
@@ -75,18 +133,69 @@ class StreamEvaluator:
         """
         tags = {k: batch.tags[k] for k in self.tags}
         target = batch.item
-        select = mask is not None and target.device.type == "cpu"
+        if self.protocol.keep is not None:
+            kept = self.protocol.keep.to(batch.index.device)[batch.index]
+            mask = kept if mask is None else mask & kept
+        # fixed negatives, exclusions and pair negatives read the kept rows' positions:
+        # select them now; otherwise an accelerator defers the mask to the flush
+        plain = (
+            self.protocol.negatives is None
+            and self.protocol.exclusions is None
+            and self._pending_negatives is None
+        )
+        select = mask is not None and (target.device.type == "cpu" or not plain)
         if select:
+            if target.device.type == "cpu" and not bool(mask.any()):
+                return
             target = target[mask]
             tags = {k: v[mask] for k, v in tags.items()}
+        position = batch.index[mask] if select else batch.index
+        if self._pending_negatives is not None:
+            self._pair_metrics(output, target)
         bounds = {}
         with exact_scores(target.device):
             for scorer in self.metrics:
-                scores = score_output(output, scorer)
-                if select:
-                    scores = scores[mask]
-                bounds[scorer] = rank_bounds(scores, target)
+                bounds[scorer] = self._bounds(
+                    output, scorer, mask if select else None, target, position
+                )
         self.add_bounds(bounds, tags, None if select else mask)
+
+    def add_pair_negatives(self, scores: dict[str, dict[str, Tensor]]) -> None:
+        """Negative pair scores {scorer: {strategy: [B]}} of the batch scored next."""
+        self._pending_negatives = scores
+
+    def _pair_metrics(self, output: Output, target: Tensor) -> None:
+        """DyGLib's AP and AUROC of one batch (positives against their negatives)."""
+        from tempint.eval.ranking import auroc, average_precision
+
+        negatives, self._pending_negatives = self._pending_negatives, None
+        for scorer, by_strategy in negatives.items():
+            positive = score_candidates(output, scorer, target.unsqueeze(1))[:, 0]
+            for strategy, negative in by_strategy.items():
+                scores = torch.cat([positive, negative.to(positive)]).double()
+                labels = torch.cat([torch.ones_like(positive), torch.zeros_like(positive)])
+                sums = self._pairs[scorer].setdefault(strategy, [0.0, 0.0, 0])
+                sums[0] += float(average_precision(scores, labels))
+                sums[1] += float(auroc(scores, labels))
+                sums[2] += 1
+
+    def _bounds(self, output: Output, scorer: str, mask, target, position):
+        """The true items' rank bounds under the protocol: among all items less the
+        exclusions, or among the fixed negatives of each position."""
+        negatives = self.protocol.negatives
+        if negatives is not None:
+            rows = (position - self.protocol.negatives_start).to(negatives.device)
+            items = torch.cat([target.unsqueeze(1), negatives[rows].to(target.device)], dim=1)
+            if mask is not None:
+                output = _select_output(output, mask)
+            scores = score_candidates(output, scorer, items)
+            return candidate_bounds(scores[:, 0], scores[:, 1:])
+        scores = score_output(output, scorer)
+        if mask is not None:
+            scores = scores[mask]
+        if self.protocol.exclusions is not None:
+            scores = exclude_pairs(scores, *self.protocol.exclusions.lookup(position))
+        return rank_bounds(scores, target)
 
     def add_bounds(
         self,
@@ -133,8 +242,27 @@ class StreamEvaluator:
         self._buffered = 0
 
     def compute(self) -> dict[str, dict[str, float]]:
+        """Per scorer: ranking metrics, and DyGLib's `ap/<strategy>`, `auroc/<strategy>`
+        (means over batches, as DyGLib averages them)."""
         self.flush()
-        return {s: as_floats(m.compute()) for s, m in self.metrics.items()}
+        out = {s: as_floats(m.compute()) for s, m in self.metrics.items()}
+        for scorer, by_strategy in self._pairs.items():
+            for strategy, (ap, roc, batches) in by_strategy.items():
+                out[scorer][f"ap/{strategy}"] = ap / batches
+                out[scorer][f"auroc/{strategy}"] = roc / batches
+        return out
+
+
+def _select_output(output: Output, mask: Tensor) -> Output:
+    """The Output's rows of the masked interactions (a shared candidate table stays)."""
+
+    def rows(x):
+        return None if x is None else x[mask]
+
+    candidates = output.candidates
+    if candidates is not None and candidates.dim() == 3:
+        candidates = candidates[mask]
+    return Output(query=rows(output.query), candidates=candidates, scores=rows(output.scores))
 
 
 @dataclass
@@ -171,6 +299,11 @@ def run_stream(
     try:
         for chunk in chunks:
             chunk = chunk.to(device)
+            if isinstance(chunk, TimeBatch):
+                if online:
+                    raise ConfigError("eval.batch_size > 1 needs eval.mode=frozen")
+                score_time_batch(model, chunk, evaluator)
+                continue
             if not online:
                 score_chunk(model, chunk, evaluator)
                 continue
@@ -210,6 +343,8 @@ def run_stream(
 def _rank_block(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluator) -> None:
     """Replay a block chunk's t-batches, then rank all its interactions at once."""
     scorers = tuple(evaluator.metrics)
+    if evaluator.protocol.negatives is not None or evaluator.protocol.keep is not None:
+        raise ValueError("block chunks rank all items of every step; this protocol needs steps")
     if not set(scorers) <= set(model.block_scorers):
         raise ValueError(f"{type(model).__name__} cannot rank blocks with {', '.join(scorers)}")
     ranker = BlockRanker(scorers, model.candidate_table(), model.block_queries)
@@ -218,7 +353,7 @@ def _rank_block(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
         ranker.add(model(step))
     model.end_chunk(chunk)
     with exact_scores(chunk.steps[0].item.device):
-        evaluator.add_bounds(*ranker.rank(chunk))
+        evaluator.add_bounds(*ranker.rank(chunk, evaluator.protocol.exclusions))
 
 
 @torch.no_grad()
@@ -232,6 +367,68 @@ def score_chunk(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
         mask = chunk.scored[s] if chunk.scored is not None else None
         evaluator.update(model(step), step, mask)
     model.end_chunk(chunk)
+
+
+@torch.no_grad()
+def score_time_batch(model: InteractionModel, batch: TimeBatch, evaluator: StreamEvaluator) -> None:
+    """Score a whole batch from the state before it, then feed it to the model.
+
+    When the model's step updates commute, one forward does both. Otherwise the forward
+    that scores the batch also updates the state with the batch's nodes repeated in one
+    step, which only exact steps do right: the state is put back and the batch replayed.
+    """
+    if evaluator.protocol.pair_negatives is not None:
+        _score_pair_negatives(model, batch.scored, evaluator)
+    saved = None if batch.replay is None else snapshot_state(model)
+    score_chunk(model, batch.scored, evaluator)
+    if saved is None:
+        return
+    restore_state(model, saved)
+    for chunk in batch.replay:
+        model.begin_chunk(chunk)
+        for step in chunk.steps:
+            model(step)
+        model.end_chunk(chunk)
+
+
+def _score_pair_negatives(model: InteractionModel, scored: Chunk, evaluator) -> None:
+    """Score each strategy's negative pairs from the state before the batch (the state is
+    put back after each), and hand them to the evaluator for the batch's AP and AUROC."""
+    protocol = evaluator.protocol
+    (step,) = scored.steps
+    rows = (step.index - protocol.negatives_start).cpu()
+    device = step.user.device
+    out: dict[str, dict[str, Tensor]] = {s: {} for s in evaluator.metrics}
+    for strategy, (users, items) in protocol.pair_negatives.items():
+        probe = protocol.probe(users[rows].numpy(), items[rows].numpy(), step.index.cpu().numpy())
+        probe = probe.to(device)
+        saved = snapshot_state(model)
+        model.begin_chunk(Chunk(steps=[probe]))
+        output = model(probe)
+        for scorer in out:
+            out[scorer][strategy] = score_candidates(output, scorer, probe.item.unsqueeze(1))[:, 0]
+        model.end_chunk(Chunk(steps=[probe]))
+        restore_state(model, saved)
+    evaluator.add_pair_negatives(out)
+
+
+def snapshot_state(model: InteractionModel) -> dict[str, Tensor]:
+    """Copies of the model's stream state (its buffers)."""
+    return {name: b.detach().clone() for name, b in model.named_buffers()}
+
+
+def restore_state(model: InteractionModel, saved: Mapping[str, Tensor]) -> None:
+    """Put back a `snapshot_state`, also the buffers that have grown since (pair tables),
+    and drop any per-chunk state kept beside the buffers."""
+    for name, value in saved.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        current = owner._buffers[leaf]
+        if current is not None and current.shape == value.shape:
+            current.copy_(value)
+        else:
+            owner._buffers[leaf] = value.clone()
+    model.detach_state()
 
 
 def can_rank_blocks(model: InteractionModel, scorer: str, mode: str) -> bool:
@@ -258,14 +455,17 @@ def evaluate(
     online_step: Callable[[Tensor], None] | None = None,
     online_window: float | None = None,
     baselines: Mapping[str, tuple[InteractionModel, Callable, Callable]] | None = None,
+    protocol: Protocol | None = None,
 ) -> dict:
     """Validation then test, memory carried; the scorer picked on validation MRR.
 
     `baselines` maps a name to (model already fed the training stream, val chunks, test
     chunks); they are replayed on the same splits so every number stands beside them.
     Returns flat metric keys (`val/mrr`, `test/recall@10`, `test/mrr/repeat`,
-    `test/recency/mrr`, ...) plus `scorer`, `ties`, `mode` and throughput.
+    `test/recency/mrr`, ...) plus `scorer`, `ties`, `mode`, `protocol` and throughput.
+    `protocol` applies to the model and the baselines alike.
     """
+    protocol = protocol or Protocol()
     if mode not in MODES:
         raise ConfigError(f"eval.mode={mode!r} is unknown; use frozen or online")
     if mode == "online" and (online_step is None or not model.learned):
@@ -282,7 +482,7 @@ def evaluate(
     val = run_stream(
         model,
         val_chunks(),
-        StreamEvaluator(candidates, ties, device=device),
+        StreamEvaluator(candidates, ties, device=device, protocol=protocol),
         device,
         step,
         online_window,
@@ -291,7 +491,7 @@ def evaluate(
     test = run_stream(
         model,
         test_chunks(),
-        StreamEvaluator([chosen], ties, device=device),
+        StreamEvaluator([chosen], ties, device=device, protocol=protocol),
         device,
         step,
         online_window,
@@ -307,12 +507,25 @@ def evaluate(
     out["scorer"] = chosen
     out["ties"] = ties
     out["mode"] = mode
+    out["protocol"] = protocol.describe()
     out["baselines"] = list(baselines or {})
     for name, (baseline, b_val, b_test) in (baselines or {}).items():
         b_scorer = baseline.scorers[0]
         for split, chunks in (("val", b_val), ("test", b_test)):
-            res = run_stream(
-                baseline, chunks(), StreamEvaluator([b_scorer], ties, device=device), device
-            )
+            evaluator = StreamEvaluator([b_scorer], ties, device=device, protocol=protocol)
+            res = run_stream(baseline, chunks(), evaluator, device)
             out.update(_prefixed(f"{split}/{name}", res.metrics[b_scorer]))
+    _strongest_heuristic(out, list(baselines or {}))
     return out
+
+
+def _strongest_heuristic(out: dict, names: Sequence[str]) -> None:
+    """Name the heuristic with the best test MRR and the model's gap to it (model − best)."""
+    scored = [(out.get(f"test/{n}/mrr", float("nan")), n) for n in names]
+    scored = [(v, n) for v, n in scored if v == v]
+    if not scored:
+        return
+    best_mrr, best = max(scored)
+    out["test/strongest_heuristic"] = best
+    out["test/strongest_heuristic/mrr"] = best_mrr
+    out["test/gap_to_strongest_heuristic"] = out["test/mrr"] - best_mrr

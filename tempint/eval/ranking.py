@@ -25,7 +25,12 @@ from tempint.models.base import SCORERS, Output
 __all__ = [
     "TIES",
     "score_output",
+    "score_candidates",
     "rank_bounds",
+    "candidate_bounds",
+    "exclude_pairs",
+    "average_precision",
+    "auroc",
     "ranks",
     "reciprocal_rank",
     "recall_at_k",
@@ -81,6 +86,31 @@ def score_output(output: Output, scorer: str, model_name: str | None = None) -> 
     return -torch.cdist(query, candidates, compute_mode=mode)
 
 
+def score_candidates(output: Output, scorer: str, items: Tensor) -> Tensor:
+    """Scores [B, K] of the items [B, K] (long) each query is ranked against.
+
+    The same numbers `score_output` gives at those columns, computed from the candidates'
+    rows alone, so that ranking against a fixed sample of items never builds the
+    [B, num_items] matrix (native models give it anyway; it is then gathered from).
+    """
+    items = items.long()
+    if scorer == "native":
+        return score_output(output, scorer).gather(1, items)
+    if output.query is None or output.candidates is None:
+        return score_output(output, scorer).gather(1, items)  # raises the scorer's error
+    query, candidates = _embeddings(output.query, output.candidates)
+    if candidates.dim() == 3:
+        rows = candidates.gather(1, items.unsqueeze(-1).expand(-1, -1, candidates.shape[-1]))
+    else:
+        rows = candidates[items]  # [B, K, d]
+    if scorer == "dot":
+        q = F.normalize(query, dim=-1).unsqueeze(-1)
+        return torch.bmm(F.normalize(rows, dim=-1), q).squeeze(-1)
+    if scorer == "l2":
+        return -(rows - query.unsqueeze(1)).square().sum(-1).sqrt()
+    raise ConfigError(f"unknown scorer '{scorer}'; known: {', '.join(SCORERS)} (eval.scorer)")
+
+
 def _embeddings(query: Tensor, candidates: Tensor) -> tuple[Tensor, Tensor]:
     """Check shapes (a mismatch is a model bug, not a user mistake) and lift half precision."""
     ok = query.dim() == 2 and candidates.dim() in (2, 3)
@@ -124,6 +154,30 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     worst = best + (scores == true).sum(1) - 1
     worst = torch.where(low.squeeze(1), scores.shape[1], worst)
     return best, worst
+
+
+def candidate_bounds(positive: Tensor, negative: Tensor) -> tuple[Tensor, Tensor]:
+    """Rank bounds [B] of each positive score [B] among its negatives' scores [B, K].
+
+    best = 1 + #(negative > positive), worst = 1 + #(negative >= positive): TGB's
+    optimistic and pessimistic ranks plus one, whose mean is its rank.
+    """
+    scores = torch.cat([positive.reshape(-1, 1).to(negative.dtype), negative], dim=1)
+    return rank_bounds(scores, torch.zeros_like(positive, dtype=torch.long).reshape(-1))
+
+
+def exclude_pairs(scores: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Scores with entries (rows[e], cols[e]) taken out of the ranking (set to NaN).
+
+    A NaN neither beats nor ties a finite true score (`rank_bounds`), so an excluded
+    item does not count as a negative: TGB leaves out the other items a user interacts
+    with at the same timestamp, which are positives too.
+    """
+    if rows.numel() == 0:
+        return scores
+    scores = scores.clone() if scores.is_floating_point() else scores.double()
+    scores[rows.long(), cols.long()] = float("nan")
+    return scores
 
 
 def ranks(scores: Tensor, target: Tensor, ties: str = "average") -> Tensor:
@@ -193,6 +247,7 @@ def interaction_metrics(
     ties: str = "average",
     ks: Sequence[int] = (1, 10),
     ndcg_ks: Sequence[int] = (10,),
+    hits_ks: Sequence[int] = (),
 ) -> dict[str, Tensor]:
     """Per-interaction terms [B] (float64) whose means are the reported metrics.
 
@@ -201,6 +256,8 @@ def interaction_metrics(
     recall and NDCG take their expectation over the tied positions (a reciprocal of an
     average is not an average of reciprocals: the two choices are kept apart on purpose).
     "optimistic" and "pessimistic" use the single best or worst rank for everything.
+    "hits@k" for k in `hits_ks` is TGB's: 1[rank <= k] of the tie policy's single rank
+    (the mean of best and worst under "average"), not an expectation over ties.
     """
     _check_ties(ties)
     if ties == "optimistic":
@@ -212,7 +269,49 @@ def interaction_metrics(
         out[f"recall@{k}"] = recall_at_k(best, k, worst)
     for k in ndcg_ks:
         out[f"ndcg@{k}"] = ndcg_at_k(best, k, worst)
+    for k in hits_ks:
+        out[f"hits@{k}"] = ((best + worst).double() / 2 <= k).double()
     return out
+
+
+def average_precision(scores: Tensor, labels: Tensor) -> Tensor:
+    """Average precision (0-d float64) of binary `labels` [N] ranked by `scores` [N].
+
+    Σ over distinct thresholds of (recall gain) × precision, tied scores entering together,
+    as scikit-learn's `average_precision_score` defines it: exact on ties, whatever the
+    order of tied rows.
+    """
+    positives, total = _threshold_counts(scores, labels)
+    n_pos = positives[-1]
+    precision = positives / total
+    gain = torch.diff(positives, prepend=positives.new_zeros(1)) / n_pos
+    return (gain * precision).sum()
+
+
+def auroc(scores: Tensor, labels: Tensor) -> Tensor:
+    """Area under the ROC curve (0-d float64): P(positive > negative) + ½ P(tie).
+
+    The trapezoids over the distinct thresholds, which count a tied positive-negative pair
+    as one half.
+    """
+    positives, total = _threshold_counts(scores, labels)
+    negatives = total - positives
+    tpr = torch.cat([positives.new_zeros(1), positives / positives[-1]])
+    fpr = torch.cat([negatives.new_zeros(1), negatives / negatives[-1]])
+    return ((fpr[1:] - fpr[:-1]) * (tpr[1:] + tpr[:-1]) / 2).sum()
+
+
+def _threshold_counts(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Cumulative positives and rows [T] at each distinct score, highest first (float64)."""
+    if scores.shape != labels.shape or scores.dim() != 1:
+        raise ValueError(f"scores {tuple(scores.shape)} and labels {tuple(labels.shape)} differ")
+    labels = labels.double()
+    if not bool((labels > 0).any()) or not bool((labels == 0).any()):
+        raise ValueError("AP and AUROC need at least one positive and one negative")
+    values, inverse = torch.unique(scores.double(), sorted=True, return_inverse=True)
+    count = torch.zeros_like(values).index_add_(0, inverse, torch.ones_like(labels))
+    hits = torch.zeros_like(values).index_add_(0, inverse, labels)
+    return hits.flip(0).cumsum(0), count.flip(0).cumsum(0)
 
 
 class RankingMetrics(Metric):
@@ -240,6 +339,7 @@ class RankingMetrics(Metric):
         ties: str = "average",
         tags: Sequence[str] = (),
         ndcg_ks: Sequence[int] | None = None,
+        hits_ks: Sequence[int] = (),
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -249,12 +349,18 @@ class RankingMetrics(Metric):
         if ndcg_ks is None:
             ndcg_ks = [k for k in self.ks if k > 1]
         self.ndcg_ks = tuple(_check_k(k, "eval.ndcg_ks") for k in ndcg_ks)
+        self.hits_ks = tuple(_check_k(k, "eval.hits_ks") for k in hits_ks)
         self.ties = _check_ties(ties)
         self.tags = tuple(str(t) for t in tags)
         if len(set(self.tags)) != len(self.tags):
             raise ConfigError(f"eval tags {list(self.tags)} repeat a name; give each tag once")
         metric_names = ["mrr", *(f"recall@{k}" for k in self.ks)]
-        self.columns = ("count", *metric_names, *(f"ndcg@{k}" for k in self.ndcg_ks))
+        self.columns = (
+            "count",
+            *metric_names,
+            *(f"ndcg@{k}" for k in self.ndcg_ks),
+            *(f"hits@{k}" for k in self.hits_ks),
+        )
         zeros = torch.zeros(1 + len(self.tags), len(self.columns), dtype=torch.float64)
         self.add_state("sums", zeros, dist_reduce_fx="sum")
 
@@ -279,7 +385,7 @@ class RankingMetrics(Metric):
             raise ValueError("RankingMetrics.update needs scores and target, or best ranks")
         if worst is None:
             worst = best
-        terms = interaction_metrics(best, worst, self.ties, self.ks, self.ndcg_ks)
+        terms = interaction_metrics(best, worst, self.ties, self.ks, self.ndcg_ks, self.hits_ks)
         values = torch.stack([torch.ones_like(terms["mrr"]), *terms.values()], dim=1)
         values = values.to(self.sums)
         masks = self._masks(tags, values.shape[0], values.device).to(values.dtype)

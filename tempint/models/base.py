@@ -87,6 +87,10 @@ class InteractionModel(nn.Module):
     # True when the model's only stream state is per user (items are parameters): a step
     # may then hold one interaction per user with items repeated, and still score exactly.
     per_user_state: bool = False
+    # True when a forward on a step leaves the state as its interactions fed one by one
+    # would (counts, latest times), whatever the step holds: a batch scored from the
+    # state before it (eval.batch_size > 1) is then one forward, with no replay.
+    step_updates_commute: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
