@@ -243,15 +243,21 @@ class DeePRed(InteractionModel):
         self._remember(batch, u_t.detach(), i_t.detach())
         return Output(query=query, candidates=candidates, losses=losses)
 
-    def short_term(self, batch: Interactions) -> tuple[Tensor, Tensor, Tensor]:
+    def short_term(
+        self, batch: Interactions, history_k: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """u(t), i(t) and the user's history query [B, d] of each row.
 
         They read only the rows' history columns and the parameters, never the stream
-        state, so any rows can be encoded together, in any order.
+        state, so any rows can be encoded together, in any order. `history_k` reads that
+        many partners instead of the model's k (a protocol that evaluates with a longer
+        window than training, as DeePRed's published evaluation does): the GRU and the
+        attention take any length.
         """
         size = len(batch)
         num_users = self.num_users
-        k = self.history_k  # the data may hold more partners than the model reads
+        # the data may hold more partners than the model reads
+        k = self.history_k if history_k is None else int(history_k)
         partners = torch.cat((batch.user_history[:, :k], batch.item_history[:, :k]))
         gaps = torch.cat((batch.user_history_dt[:, :k], batch.item_history_dt[:, :k]))
         gaps = gaps.to(torch.float32)
