@@ -62,6 +62,8 @@ __all__ = [
     "pool_size",
     "previous_event",
     "pool_ranks",
+    "script_ranks",
+    "evaluated_events",
     "truncated_metrics",
     "evaluate_deepred_paper",
 ]
@@ -307,8 +309,9 @@ def _check_options(labels: Iterable[str], embeddings: Iterable[str]) -> None:
 
 
 @dataclass
-class _Events:
-    """Validation + test events in time order, with their labels and queries' sources."""
+class EvaluatedEvents:
+    """Validation + test events in time order: rows, users, items, literal labels, the
+    position of the user's previous evaluated event (-1: none), test or not."""
 
     rows: np.ndarray
     user: np.ndarray
@@ -324,11 +327,10 @@ def _embedding_ranks(
     stream: Interactions,
     split,
     history: int,
-    fraction: float,
     labels: Sequence[str],
     embeddings: Sequence[str],
     seed: _Segment,
-    events: _Events,
+    events: EvaluatedEvents,
     evaluated: Sequence[_Segment],
 ) -> dict[tuple[str, str], Tensor]:
     """Rank of every event's label, per (embeddings, label)."""
@@ -345,37 +347,74 @@ def _embedding_ranks(
     finally:
         model.train(was_training)
     u_t, i_t, own = (torch.cat(column) for column in zip(*event_vectors))
-    long_term = model.embedding.weight.detach().float().cpu()[torch.from_numpy(events.user)]
-    previous = torch.from_numpy(events.previous)
-    earlier = (previous >= 0)[:, None]
+    first_query = model.embedding.weight.detach().float().cpu()[torch.from_numpy(events.user)]
     seed_items = stream.item[torch.from_numpy(seed.rows)]
-    item = torch.from_numpy(events.item)
-    targets = {"literal": torch.from_numpy(events.literal), "corrected": item}
+    targets = {
+        "literal": torch.from_numpy(events.literal),
+        "corrected": torch.from_numpy(events.item),
+    }
     out = {}
     for kind in embeddings:
         if kind == "official":  # the event's item embedding is its user embedding
             per_event, candidate, seed_entry = own, own, seed_vectors[2]
         else:
             per_event, candidate, seed_entry = u_t, i_t, seed_vectors[1]
-        query = torch.where(earlier, per_event[previous.clamp(min=0)], long_term)
-        entries = torch.cat((seed_entry, candidate))
-        labelings = [(torch.cat((seed_items, targets[x])), targets[x]) for x in labels]
-        ranks = pool_ranks(query, entries, seed.rows.shape[0], labelings)
+        ranks = script_ranks(
+            seed_entry,
+            seed_items,
+            per_event,
+            candidate,
+            first_query,
+            torch.from_numpy(events.previous),
+            [targets[x] for x in labels],
+        )
         out.update({(kind, x): r for x, r in zip(labels, ranks)})
     return out
 
 
-def _events(stream: Interactions, split, evaluated: Sequence[_Segment]) -> _Events:
-    rows = np.concatenate([s.rows for s in evaluated])
+def script_ranks(
+    seed_entries: Tensor,
+    seed_items: Tensor,
+    user_vectors: Tensor,
+    item_vectors: Tensor,
+    first_queries: Tensor,
+    previous: Tensor,
+    targets: Sequence[Tensor],
+) -> list[Tensor]:
+    """The script's ranking of evaluated events, from their embeddings, per target labelling.
+
+    seed_entries [P, d] with their items [P]: the pool's first entries. Per evaluated event
+    in time order [M, ...]: its user's vector (the next query of that user), its item's
+    vector (the pool entry it appends), the query used when the user has no earlier
+    evaluated event (E(u)), and `previous`, the position of that earlier event or -1.
+    Each target [M] is scored, and appended to the pool as the event's entry label.
+    """
+    earlier = (previous >= 0)[:, None]
+    query = torch.where(earlier, user_vectors[previous.clamp(min=0)], first_queries)
+    entries = torch.cat((seed_entries, item_vectors))
+    labelings = [(torch.cat((seed_items, target)), target) for target in targets]
+    return pool_ranks(query, entries, int(seed_entries.shape[0]), labelings)
+
+
+def evaluated_events(
+    stream: Interactions, split, history: int
+) -> tuple[list[_Segment], EvaluatedEvents]:
+    """Validation and test, each with windows from itself, as one pass in time order."""
+    segments = [
+        _segment(stream, split.train_end, split.val_end, history),
+        _segment(stream, split.val_end, split.num_interactions, history),
+    ]
+    rows = np.concatenate([s.rows for s in segments])
     user = stream.user[torch.from_numpy(rows)].numpy()
-    return _Events(
+    events = EvaluatedEvents(
         rows=rows,
         user=user,
         item=stream.item[torch.from_numpy(rows)].numpy(),
-        literal=np.concatenate([s.literal for s in evaluated]),
+        literal=np.concatenate([s.literal for s in segments]),
         previous=previous_event(user),
         is_test=rows >= split.val_end,
     )
+    return segments, events
 
 
 def _per_split(prefix: str, rank: Tensor, is_test: Tensor, k: int) -> dict[str, float]:
@@ -387,7 +426,7 @@ def _per_split(prefix: str, rank: Tensor, is_test: Tensor, k: int) -> dict[str, 
     return out
 
 
-def _recency_ranks(dm, targets: Mapping[str, np.ndarray], events: _Events, device) -> dict:
+def _recency_ranks(dm, targets: Mapping[str, np.ndarray], events: EvaluatedEvents, device) -> dict:
     """Rank (average ties) of each label under tempint's recency heuristic, which ranks
     the user's own past items (all splits before the event) by recency."""
     from tempint.eval.ranking import rank_bounds, score_output
@@ -459,11 +498,7 @@ def evaluate_deepred_paper(
     train_items = stream.item[: split.train_end].numpy()
     size = pool_size(split.train_end, float(pool_fraction))
     seed = _segment(stream, 0, split.train_end, history, pool_seed(train_items, size))
-    evaluated = [
-        _segment(stream, split.train_end, split.val_end, history),
-        _segment(stream, split.val_end, split.num_interactions, history),
-    ]
-    events = _events(stream, split, evaluated)
+    evaluated, events = evaluated_events(stream, split, history)
     is_test = torch.from_numpy(events.is_test)
     base = "protocol/deepred_paper"
     out: dict = {
@@ -485,7 +520,6 @@ def evaluate_deepred_paper(
             stream,
             split,
             history,
-            pool_fraction,
             labels,
             embeddings,
             seed,
