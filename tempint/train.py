@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tempint.config import check_cli_overrides, validate_config
-from tempint.errors import UserError
+from tempint.errors import ConfigError, UserError
 
 __all__ = ["train", "main", "evaluate_module"]
 
@@ -292,6 +292,10 @@ def _deepred_paper(cfg: DictConfig, dm, model, device) -> dict[str, Any]:
     from tempint.eval.deepred_protocol import evaluate_deepred_paper
 
     options = dict(cfg.deepred_paper)
+    known = ("history", "pool_fraction", "k", "labels", "embeddings", "recency", "untrained")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"deepred_paper.{unknown[0]} is unknown; known: {', '.join(known)}")
     models = {"trained": model}
     if options.pop("untrained", False):
         torch.manual_seed(int(cfg.seed))

@@ -266,3 +266,13 @@ def test_experiment_trains_on_50_partners_and_writes_every_number_of_the_protoco
                         assert 0 <= value <= 1
     assert 0 < written[f"{base}/recency/literal/pooled/recall@10"] <= 1
     assert written[f"{base}/history"] == 100
+
+
+def test_an_unknown_option_is_one_sentence_naming_it():
+    from omegaconf import OmegaConf
+
+    from tempint.train import _deepred_paper
+
+    cfg = OmegaConf.create({"seed": 0, "deepred_paper": {"histroy": 100}})
+    with pytest.raises(ConfigError, match="deepred_paper.histroy is unknown"):
+        _deepred_paper(cfg, None, None, "cpu")
