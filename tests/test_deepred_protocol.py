@@ -202,6 +202,31 @@ def test_evaluation_reads_100_partners_from_a_model_trained_on_50():
     assert not torch.allclose(own[0], longer[0])
 
 
+def test_every_history_query_computes_the_self_attention_of_each_user_row():
+    torch.manual_seed(0)
+    model = DeePRed(3, 4, dim=8, history_k=3)
+    by_history = DeePRed(3, 4, dim=8, history_k=3, query="history")
+    by_history.load_state_dict(model.state_dict())
+    batch = hand_made(
+        [0, 1],
+        [1, 2],
+        [5.0, 6.0],
+        user_history=torch.tensor([[1, 0, 2], [3, -1, -1]]),
+        user_history_dt=torch.ones(2, 3),
+        item_history=torch.tensor([[2, 1, -1], [0, -1, -1]]),
+        item_history_dt=torch.ones(2, 3),
+    )
+    for m in (model, by_history):
+        m.eval()
+    with torch.no_grad():
+        lazy = model.short_term(batch)[2]
+        every = model.short_term(batch, every_history_query=True)[2]
+        reference = by_history.short_term(batch)[2]
+    assert torch.equal(lazy, torch.zeros_like(lazy))  # not read by a `latest` query
+    assert torch.equal(every, reference)
+    assert not torch.equal(every[0], every[1])
+
+
 class _Data:
     """What the protocol reads of a datamodule: the stream and its split."""
 
@@ -276,3 +301,21 @@ def test_an_unknown_option_is_one_sentence_naming_it():
     cfg = OmegaConf.create({"seed": 0, "deepred_paper": {"histroy": 100}})
     with pytest.raises(ConfigError, match="deepred_paper.histroy is unknown"):
         _deepred_paper(cfg, None, None, "cpu")
+
+
+def test_official_embedding_of_every_event_with_a_window_is_its_own():
+    from tempint.data.features import DeltaScale
+    from tempint.eval.deepred_protocol import _encode
+
+    data = _Data()
+    torch.manual_seed(0)
+    model = DeePRed(data.num_users, data.num_items, dim=8, history_k=3)
+    segments, _ = evaluated_events(data.stream, data.split, 5)
+    val = segments[0]
+    lo, hi = data.split.train_end, data.split.val_end
+    own = _encode(model, data.stream, val, lo, hi, 5, DeltaScale(0.0, 1.0))[2]
+    windowed = torch.from_numpy(val.user_windows.count > 0)
+    assert bool(windowed.any())
+    assert bool((own[windowed].norm(dim=1) > 0).all())
+    # no two events share one: the identity query == entry holds for one event only
+    assert torch.unique(own[windowed], dim=0).shape[0] == int(windowed.sum())

@@ -283,7 +283,7 @@ def _encode(
             item_history=torch.from_numpy(items.partners[part]),
             item_history_dt=torch.from_numpy(scale(items.gaps[part])),
         )
-        encoded = model.short_term(batch.to(device), history_k=k)
+        encoded = model.short_term(batch.to(device), history_k=k, every_history_query=True)
         parts.append(tuple(x.float().cpu() for x in encoded))
     return tuple(torch.cat(column) for column in zip(*parts))
 
