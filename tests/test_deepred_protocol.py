@@ -93,6 +93,8 @@ def test_pool_ranks_slide_and_count_entries_not_items():
     # event 0: pool (0:7, 5:8), query 4 -> 7 is second; event 1: pool (5:8, 1:8) -> 1 first;
     # event 2: pool (1:8, 2:9), query 1.8 -> 2:9 is closer, 1:8 second
     assert rank.tolist() == [2.0, 1.0, 2.0]
+    (shallow,) = pool_ranks(queries, entries, 2, [(entry_labels, labels)], depth=1)
+    assert shallow.tolist() == [math.inf, 1.0, math.inf]  # only the nearest entry is ranked
     (absent,) = pool_ranks(queries, entries, 2, [(entry_labels, torch.tensor([9, 7, 7]))])
     assert absent.tolist() == [math.inf, math.inf, math.inf]  # 7 left the pool at event 1
 

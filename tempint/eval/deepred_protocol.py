@@ -34,7 +34,7 @@ does each the way the script does, so the number can be rebuilt and taken apart:
 
 Ties in distance are broken in the label's favour (rank = 1 + entries strictly closer than
 the closest entry with the label); the script takes torch.topk's order, unspecified for
-ties. Its distance adds 1e-6 to each coordinate difference, which moves no rank here.
+ties. Distances are the script's (it adds 1e-6 to each coordinate difference).
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ LABELS = ("literal", "corrected")
 EMBEDDINGS = ("official", "model")
 # Rows of the pool distance matrix computed together: [rows, pool + rows] floats.
 _RANK_ROWS = 256
+# Nearest entries ranked per event (the script keeps its top 10).
+_DEPTH = 32
+# The script's torch.nn.PairwiseDistance adds this to every coordinate difference.
+_SCRIPT_EPS = 1e-6
 # Events encoded together: bounds the [rows, k, k] alignments.
 _ENCODE_ROWS = 1024
 
@@ -182,33 +186,40 @@ def pool_ranks(
     entries: Tensor,
     window: int,
     labelings: Sequence[tuple[Tensor, Tensor]],
+    depth: int = _DEPTH,
     rows_per_block: int = _RANK_ROWS,
 ) -> list[Tensor]:
-    """Rank [M] (float64, inf when absent) of each event's label in its sliding pool.
+    """Rank [M] (float64) of each event's label in its sliding pool, inf beyond `depth`.
 
     `entries` [window + M, d] are the seed pool then one entry per event; event j is
     scored against entries [j, j + window) (its own entry comes after). Each labelling is
     (entry labels [window + M], event labels [M]); the distances are computed once for
     all. rank = 1 + #entries strictly closer than the closest entry with the label.
+
+    As the script, only the nearest entries are ranked: the `depth` nearest by distance
+    from matrix products (fast, float32), whose distances are then recomputed as the
+    script's ||q - e + 1e-6|| (exact, so a query equal to an entry is nearest). A label
+    with no entry among them gets inf; metrics truncated at k < depth are unaffected.
     """
     m = int(queries.shape[0])
     out = [torch.full((m,), math.inf, dtype=torch.float64) for _ in labelings]
     for lo in range(0, m, rows_per_block):
         hi = min(lo + rows_per_block, m)
-        span = entries[lo : hi - 1 + window]
-        dist = torch.cdist(
-            queries[lo:hi].float(), span.float(), compute_mode="donot_use_mm_for_euclid_dist"
-        )
+        span = entries[lo : hi - 1 + window].float()
+        query = queries[lo:hi].float()
+        approx = torch.cdist(query, span, compute_mode="use_mm_for_euclid_dist")
         column = torch.arange(span.shape[0])[None, :]
         row = torch.arange(hi - lo)[:, None]
         inside = (column >= row) & (column < row + window)
-        dist = dist.masked_fill(~inside, math.inf)
+        approx = approx.masked_fill(~inside, math.inf)
+        near = approx.topk(min(depth, span.shape[0]), dim=1, largest=False).indices
+        exact = (query[:, None, :] - span[near] + _SCRIPT_EPS).norm(dim=-1)
+        exact = exact.masked_fill(~inside.gather(1, near), math.inf)
         for n, (entry_labels, event_labels) in enumerate(labelings):
-            match = inside & (
-                entry_labels[lo : hi - 1 + window][None, :] == event_labels[lo:hi, None]
-            )
-            best = dist.masked_fill(~match, math.inf).amin(1)
-            closer = (dist < best[:, None]).sum(1)
+            labels = entry_labels[lo : hi - 1 + window][near]
+            match = (labels == event_labels[lo:hi, None]) & torch.isfinite(exact)
+            best = exact.masked_fill(~match, math.inf).amin(1)
+            closer = (exact < best[:, None]).sum(1)
             found = torch.isfinite(best)
             out[n][lo:hi] = torch.where(found, 1.0 + closer.double(), math.inf)
     return out
