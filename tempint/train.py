@@ -406,6 +406,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
                 metrics[f"protocol/{name}/{key}"] = value
         for key in ("protocol", "mode", "ties", "scorer"):  # what it was measured under
             metrics[f"protocol/{name}/{key}"] = result[key]
+    if cfg.get("deepred_paper"):
+        with module.evaluating() as device:  # on the training device, as every protocol
+            metrics.update(_deepred_paper(cfg, dm, model, device))
     epochs = module.epoch_seconds
     seconds_per_epoch = sum(epochs) / len(epochs) if epochs else float("nan")
     metrics.update(
@@ -435,6 +438,28 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     print(summary_table(metrics))
     objects = {"cfg": cfg, "datamodule": dm, "model": model, "module": module, "trainer": trainer}
     return metrics, objects
+
+
+def _deepred_paper(cfg: DictConfig, dm, model, device) -> dict[str, Any]:
+    """DeePRed's published evaluation (`experiment=deepred_paper`) of the best checkpoint,
+    and of a freshly initialised encoder when `deepred_paper.untrained`: under the
+    script's literal label the two score alike, which is what the protocol measures."""
+    import torch
+    from hydra.utils import instantiate
+
+    from tempint.eval.deepred_protocol import evaluate_deepred_paper
+
+    options = dict(cfg.deepred_paper)
+    known = ("history", "pool_fraction", "k", "labels", "embeddings", "recency", "untrained")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"deepred_paper.{unknown[0]} is unknown; known: {', '.join(known)}")
+    models = {"trained": model}
+    if options.pop("untrained", False):
+        torch.manual_seed(int(cfg.seed))
+        fresh = instantiate(cfg.model, num_users=dm.num_users, num_items=dm.num_items)
+        models["untrained"] = fresh.to(device)
+    return evaluate_deepred_paper(models, dm, device=device, **options)
 
 
 def _default_group(output_dir: Path) -> str:

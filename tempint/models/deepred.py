@@ -243,15 +243,25 @@ class DeePRed(InteractionModel):
         self._remember(batch, u_t.detach(), i_t.detach())
         return Output(query=query, candidates=candidates, losses=losses)
 
-    def short_term(self, batch: Interactions) -> tuple[Tensor, Tensor, Tensor]:
+    def short_term(
+        self,
+        batch: Interactions,
+        history_k: int | None = None,
+        every_history_query: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """u(t), i(t) and the user's history query [B, d] of each row.
 
         They read only the rows' history columns and the parameters, never the stream
-        state, so any rows can be encoded together, in any order.
+        state, so any rows can be encoded together, in any order. The history query is
+        only computed where the model reads it (zero elsewhere) unless
+        `every_history_query`. `history_k` reads that many partners instead of the
+        model's k (a protocol that evaluates with a longer window than training, as
+        DeePRed's published evaluation does): the GRU and the attention take any length.
         """
         size = len(batch)
         num_users = self.num_users
-        k = self.history_k  # the data may hold more partners than the model reads
+        # the data may hold more partners than the model reads
+        k = self.history_k if history_k is None else int(history_k)
         partners = torch.cat((batch.user_history[:, :k], batch.item_history[:, :k]))
         gaps = torch.cat((batch.user_history_dt[:, :k], batch.item_history_dt[:, :k]))
         gaps = gaps.to(torch.float32)
@@ -266,7 +276,8 @@ class DeePRed(InteractionModel):
         own_u, own_i = own[:size], own[size:]
         # self-attention only where it is read: a side whose partner has no history, and
         # the user side when the query is the history's
-        need = torch.cat((~has_i[:, 0] | (self.query_kind == "history"), ~has_u[:, 0]))
+        every_user = self.query_kind == "history" or every_history_query
+        need = torch.cat((~has_i[:, 0] | every_user, ~has_u[:, 0]))
         rows = need.nonzero().squeeze(1)
         alone = hidden.new_zeros(2 * size, self.dim)
         if rows.numel():
