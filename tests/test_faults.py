@@ -356,6 +356,17 @@ def test_6_duplicate_rows_are_counted_and_kept(tmp_path):
         assert events.num_interactions == 47
 
 
+def test_6_rows_that_differ_only_in_features_are_not_duplicates(tmp_path, recwarn):
+    path = tmp_path / "jodie.csv"
+    rows = "".join(f"{k % 7},{k % 3},{100 + k},0,{k % 2}.5\n" for k in range(20))
+    path.write_text("user_id,item_id,timestamp,state_label,f1\n" + rows + "1,1,101,0,9.0\n")
+    events = load_events(path, cache=False)  # row 1,1,101 repeats with other features
+    assert events.num_interactions == 21
+    assert not [w for w in recwarn if w.category is DuplicateRowsWarning]
+    with pytest.warns(DuplicateRowsWarning, match="1 of 21 rows"):
+        load_events(path, cache=False, keep_features=False)
+
+
 def test_6_millisecond_timestamps_are_warned_once(tmp_path):
     rows = [(u, i, 1_700_000_000_000 + 1000 * t) for u, i, t in _stream(30)]
     path = _csv_data(tmp_path / "ms.csv", rows)
