@@ -139,7 +139,7 @@ def load_events(
     if cache_files is not None:
         cached = _read_cache(path, cache_files, options)
         if cached is not None:
-            warn_anomalies(path, cached)
+            _warn_anomalies(path, cached)
             return cached
 
     stat = path.stat()
@@ -148,11 +148,11 @@ def load_events(
         table = _read_parquet(path, raw, mapping)
     else:
         table = _read_csv(path, raw, mapping, keep_features)
-    refuse_missing_ids(path, table.data, table.rows, table.labels)
+    _refuse_missing_ids(path, table.data, table.rows, table.labels)
     events, unsorted = _build(path, table, num_users, num_items, keep_features)
     if unsorted:
         _warn_unsorted(path, unsorted, events.num_interactions)
-    warn_anomalies(path, events)
+    _warn_anomalies(path, events)
 
     if cache_files is not None:
         manifest = {
@@ -772,7 +772,7 @@ class TimestampUnitWarning(UserWarning):
     """Timestamps look like milliseconds (or finer), not seconds."""
 
 
-def refuse_missing_ids(
+def _refuse_missing_ids(
     path: Path, data: Mapping[str, pl.Series], rows: np.ndarray, labels: Mapping[str, str]
 ) -> None:
     """A text id such as `NaN` is a missing value that an export wrote out, not a user:
@@ -793,7 +793,7 @@ def refuse_missing_ids(
         )
 
 
-def warn_anomalies(path: Path, events: EventLog) -> None:
+def _warn_anomalies(path: Path, events: EventLog) -> None:
     """One warning per anomaly, with counts: exact duplicate rows and millisecond times."""
     frame = events.frame
     extra = 0
