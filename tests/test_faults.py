@@ -34,7 +34,6 @@ from tempint.config import BASELINE_NAMES
 from tempint.data import registry
 from tempint.data.events import DuplicateRowsWarning, TimestampUnitWarning, load_events
 from tempint.errors import ConfigError, DataError
-from tempint.interrupt import fit_interruptible
 from tempint.models.static import StaticEmbedding
 from tempint.module import InteractionModule, NumericalFault
 from tempint.report import main as report_main
@@ -247,7 +246,6 @@ def test_2_submitit_requeue_exit_passes_through(make_cfg):
     with pytest.raises(SystemExit) as stop:
         train(cfg)
     assert stop.value.code == -1
-    assert fit_interruptible.__module__ == "tempint.interrupt"
 
 
 # ---- 3. history and moved folders ---------------------------------------------------
@@ -354,6 +352,17 @@ def test_6_duplicate_rows_are_counted_and_kept(tmp_path):
             events = load_events(path, columns=COLUMNS)
         assert len([w for w in seen if w.category is DuplicateRowsWarning]) == 1
         assert events.num_interactions == 47
+
+
+def test_6_rows_that_differ_only_in_features_are_not_duplicates(tmp_path, recwarn):
+    path = tmp_path / "jodie.csv"
+    rows = "".join(f"{k % 7},{k % 3},{100 + k},0,{k % 2}.5\n" for k in range(20))
+    path.write_text("user_id,item_id,timestamp,state_label,f1\n" + rows + "1,1,101,0,9.0\n")
+    events = load_events(path, cache=False)  # row 1,1,101 repeats with other features
+    assert events.num_interactions == 21
+    assert not [w for w in recwarn if w.category is DuplicateRowsWarning]
+    with pytest.warns(DuplicateRowsWarning, match="1 of 21 rows"):
+        load_events(path, cache=False, keep_features=False)
 
 
 def test_6_millisecond_timestamps_are_warned_once(tmp_path):

@@ -186,7 +186,7 @@ def load_events(
     if cache_files is not None:
         cached = _read_cache(path, cache_files, options)
         if cached is not None:
-            warn_anomalies(path, cached)
+            _warn_anomalies(path, cached)
             return cached
 
     stat = path.stat()
@@ -199,7 +199,7 @@ def load_events(
         text = _decompress(path, raw)
         table = _read_csv(path, text, mapping, keep_features, separator, header, names)
         del text
-    refuse_missing_ids(path, table.data, table.rows, table.labels)
+    _refuse_missing_ids(path, table.data, table.rows, table.labels)
     log.info("%s: read %s rows", path, f"{len(table.rows):,}")
     events, unsorted = _build(path, table, num_users, num_items, keep_features, ids)
     log.info(
@@ -212,7 +212,7 @@ def load_events(
     )
     if unsorted:
         _warn_unsorted(path, unsorted, events.num_interactions)
-    warn_anomalies(path, events)
+    _warn_anomalies(path, events)
 
     if cache_files is not None:
         manifest = {
@@ -991,7 +991,7 @@ class TimestampUnitWarning(UserWarning):
     """Timestamps look like milliseconds (or finer), not seconds."""
 
 
-def refuse_missing_ids(
+def _refuse_missing_ids(
     path: Path, data: Mapping[str, pl.Series], rows: np.ndarray, labels: Mapping[str, str]
 ) -> None:
     """A text id such as `NaN` is a missing value that an export wrote out, not a user:
@@ -1012,18 +1012,24 @@ def refuse_missing_ids(
         )
 
 
-def warn_anomalies(path: Path, events: EventLog) -> None:
+def _warn_anomalies(path: Path, events: EventLog) -> None:
     """One warning per anomaly, with counts: exact duplicate rows and millisecond times."""
     frame = events.frame
-    repeated = frame.is_duplicated()
-    if events.features is not None and repeated.any():
-        # duplicates on the canonical columns must also agree on their features
-        idx = repeated.arg_true().to_numpy()
-        feats = pl.DataFrame(events.features[idx], schema=None).rename(lambda c: f"_f{c}")
-        sub = pl.concat([frame[idx], feats], how="horizontal")
+    extra = 0
+    t = frame.get_column("timestamp").to_numpy()
+    # the log is sorted by time, so copies of a row are neighbours in time: only rows
+    # sharing their timestamp with a neighbour are compared (few on real data; cheap)
+    tied = np.zeros(len(t), dtype=bool)
+    same = t[1:] == t[:-1]
+    tied[1:] |= same
+    tied[:-1] |= same
+    if tied.any():
+        idx = np.flatnonzero(tied)
+        sub = frame[idx]
+        if events.features is not None:  # copies must also agree on their features
+            feats = pl.DataFrame(events.features[idx]).rename(lambda c: f"_f{c}")
+            sub = pl.concat([sub, feats], how="horizontal")
         extra = sub.height - sub.unique().height
-    else:
-        extra = frame.height - frame.unique().height
     if extra:
         warnings.warn(
             DuplicateRowsWarning(
@@ -1035,7 +1041,7 @@ def warn_anomalies(path: Path, events: EventLog) -> None:
             stacklevel=3,
         )
     if frame.height:
-        latest = float(frame.get_column("timestamp").max())
+        latest = float(t.max())
         if latest > _SECONDS_LIMIT:
             unit = "milliseconds" if latest < _SECONDS_LIMIT * 1e3 else "micro- or nanoseconds"
             warnings.warn(
