@@ -159,7 +159,9 @@ def test_final_evaluation_runs_on_the_trainers_device_and_autocast(make_cfg, mon
 
     monkeypatch.setattr(module_py, "score_chunk", spy_chunk("fit"))  # validation_step
     monkeypatch.setattr(protocol, "score_chunk", spy_chunk("final"))  # run_stream
-    cfg = make_cfg(["model=limnet", "trainer.precision=bf16-mixed", CPU0_STRATEGY])
+    cfg = make_cfg(
+        ["model=limnet", "trainer.precision=bf16-mixed", "trainer.accelerator=cpu", CPU0_STRATEGY]
+    )
     metrics, objects = train(cfg)
     root = objects["trainer"].strategy.root_device
     assert root == torch.device("cpu", 0)
