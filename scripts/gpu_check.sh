@@ -40,8 +40,12 @@ step cuda_tests 60 python -m pytest -q -m cuda -p no:cacheprovider
 step bench 300 python bench/run.py --device cuda --models jodie limnet --shapes wikipedia \
     --samplers tbatch --no-scaling --time-limit 150 --out "$GPU_DIR"
 if [ -f "$GPU_DIR/results.md" ]; then  # the card, as nvidia-smi names it, above the tables
-    { echo "GPU: $(head -n 1 "$GPU_DIR/card.txt")"; echo; cat "$GPU_DIR/results.md"; } \
-        >"$GPU_DIR/results.md.part" && mv "$GPU_DIR/results.md.part" "$GPU_DIR/results.md"
+    {
+        head -n 1 "$GPU_DIR/results.md"
+        echo
+        echo "GPU (nvidia-smi: name, memory, driver): $(head -n 1 "$GPU_DIR/card.txt")."
+        tail -n +2 "$GPU_DIR/results.md"
+    } >"$GPU_DIR/results.md.part" && mv "$GPU_DIR/results.md.part" "$GPU_DIR/results.md"
 fi
 step fast_tests 150 python -m pytest -m "not slow" -q -x -p no:cacheprovider
 
