@@ -197,6 +197,14 @@ def test_bf16_mixed_test_mrr_is_within_001_of_float32(make_cfg, tmp_path, model)
     assert abs(mrr["bf16-mixed"] - mrr["32"]) < 0.01, mrr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains_and_evaluates_in_bf16_mixed(make_cfg, model):
+    metrics, objects = train(make_cfg([f"model={model}", "trainer.precision=bf16-mixed"]))
+    assert objects["trainer"].precision == "bf16-mixed"
+    assert 0 < metrics["test/mrr"] <= 1
+
+
 # --- determinism --------------------------------------------------------------------------
 
 

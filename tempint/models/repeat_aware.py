@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
 from tempint.models.heuristics import RecentPopularity
 
 __all__ = ["RepeatAware", "pair_features"]
@@ -163,8 +163,8 @@ class RepeatAware(InteractionModel):
     def _affinity(self, output: Output) -> Tensor:
         """Explore logits [B, I] from the base model's Output (cosine or native scores)."""
         if output.query is not None and output.candidates is not None:
-            query = F.normalize(output.query, dim=-1)
-            candidates = F.normalize(output.candidates, dim=-1)
+            query = F.normalize(at_least_float32(output.query), dim=-1)
+            candidates = F.normalize(at_least_float32(output.candidates), dim=-1)
             if candidates.dim() == 3:
                 cos = torch.bmm(candidates, query.unsqueeze(-1)).squeeze(-1)
             else:
@@ -235,7 +235,8 @@ class RepeatAware(InteractionModel):
 
     def forward(self, batch: Interactions) -> Output:
         output = self.base(batch)  # the base predicts, then updates its own memory
-        gate, p_repeat, p_explore = self.distributions(batch, output)
+        with exact_scores(batch.item.device):  # [B, I] scores: no bf16 ties under autocast
+            gate, p_repeat, p_explore = self.distributions(batch, output)
         mixture = gate[:, None] * p_repeat + (1.0 - gate[:, None]) * p_explore
         log_p = torch.log(mixture.clamp_min(1e-30))
         losses = {}
