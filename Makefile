@@ -29,6 +29,9 @@ bench: ## speed and memory of every model (writes bench/results.md and bench/res
 bench-quick: ## a subset of the benchmark, under 3 minutes
 	$(PYTHON) bench/run.py --quick $(ARGS)
 
+gpu-check: ## on a CUDA machine (~8 min): CUDA-marked tests, GPU benchmark into bench/gpu/, fast tests
+	bash scripts/gpu_check.sh
+
 lint: ## ruff check and format check
 	ruff check tempint tests bench examples
 	ruff format --check tempint tests bench examples
@@ -41,4 +44,4 @@ clean: ## remove caches, outputs and build files
 	rm -rf outputs multirun .pytest_cache .ruff_cache build *.egg-info .torch-constraint.txt
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install train test test-all bench bench-quick lint format clean
+.PHONY: help install train test test-all bench bench-quick gpu-check lint format clean

@@ -210,7 +210,7 @@ def precision_section(precision: dict) -> list[str]:
     names = precision["precisions"]
     ref = names[0]
     lines = [
-        f"{precision['shape']}, {precision['sampler']}, one process per table: each model "
+        f"{precision['shape']}, {precision['sampler']}, all in one process: each model "
         f"trained and evaluated in {', '.join(names)}; ratios are to {ref} (below 1: slower "
         "for epoch rate, lower for evaluation rate).",
         "",

@@ -205,43 +205,46 @@ def evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None = 
     JODIE's evaluation reloads the optimiser with the model: a fresh Adam's first steps
     are full-size and shake the weights the evaluation is meant to judge.
     """
+    with module.evaluating():
+        return _evaluate_module(module, dm, cfg, optimizer_state)
+
+
+def _evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None) -> dict:
     from hydra.utils import instantiate
 
     from tempint.eval.protocol import evaluate
 
-    with module.evaluating() as device:
-        model = module.model
-        online_step = None
-        online_window = None
-        if cfg.eval.mode == "online" and model.learned:
-            params = [p for p in model.parameters() if p.requires_grad]
-            optimizer = module.build_optimizer(params, instantiate(cfg.optimizer))
-            if optimizer_state is not None:
-                optimizer.load_state_dict(optimizer_state)
-            online_step = _online_stepper(module, optimizer, params, cfg.get("gradient_clip"))
-            t = dm.stream.t
-            online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
-        _bound_scores(dm, cfg)
-        protocol = eval_protocol(cfg, dm)
-        baselines = _warm_baselines(
-            cfg.eval.get("baselines") or [], dm, device, protocol.batch_size
-        )
-        ranks_all = protocol.negatives is None and protocol.keep is None
-        kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode, ranks_all)
-        val_source, test_source = _eval_sources(model, dm, kind, protocol.batch_size, device)
-        return evaluate(
-            model,
-            val_source,
-            test_source,
-            protocol=protocol,
-            scorer=cfg.eval.scorer,
-            ties=cfg.eval.ties,
-            mode=cfg.eval.mode,
-            device=device,
-            online_step=online_step,
-            online_window=online_window,
-            baselines=baselines,
-        )
+    device = module.device
+    model = module.model
+    online_step = None
+    online_window = None
+    if cfg.eval.mode == "online" and model.learned:
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = module.build_optimizer(params, instantiate(cfg.optimizer))
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        online_step = _online_stepper(module, optimizer, params, cfg.get("gradient_clip"))
+        t = dm.stream.t
+        online_window = float(t[dm.split.train_end - 1] - t[0]) / int(cfg.eval.online_windows)
+    _bound_scores(dm, cfg)
+    protocol = eval_protocol(cfg, dm)
+    baselines = _warm_baselines(cfg.eval.get("baselines") or [], dm, device, protocol.batch_size)
+    ranks_all = protocol.negatives is None and protocol.keep is None
+    kind = eval_kind(model, dm, cfg.eval.scorer, cfg.eval.mode, ranks_all)
+    val_source, test_source = _eval_sources(model, dm, kind, protocol.batch_size, device)
+    return evaluate(
+        model,
+        val_source,
+        test_source,
+        protocol=protocol,
+        scorer=cfg.eval.scorer,
+        ties=cfg.eval.ties,
+        mode=cfg.eval.mode,
+        device=device,
+        online_step=online_step,
+        online_window=online_window,
+        baselines=baselines,
+    )
 
 
 def _online_stepper(module, optimizer, params, clip: float | None):

@@ -162,7 +162,9 @@ def test_final_evaluation_runs_on_the_trainers_device_and_autocast(make_cfg, mon
 
     monkeypatch.setattr(module_py, "score_chunk", spy_chunk("fit"))  # validation_step
     monkeypatch.setattr(protocol, "score_chunk", spy_chunk("final"))  # run_stream
-    cfg = make_cfg(["model=limnet", "trainer.precision=bf16-mixed", CPU0_STRATEGY])
+    cfg = make_cfg(
+        ["model=limnet", "trainer.precision=bf16-mixed", "trainer.accelerator=cpu", CPU0_STRATEGY]
+    )
     metrics, objects = train(cfg)
     root = objects["trainer"].strategy.root_device
     assert root == torch.device("cpu", 0)
@@ -196,6 +198,14 @@ def test_bf16_mixed_test_mrr_is_within_001_of_float32(make_cfg, tmp_path, model)
         mrr[precision] = metrics["test/mrr"]
     assert 0.05 < mrr["32"] < 1
     assert abs(mrr["bf16-mixed"] - mrr["32"]) < 0.01, mrr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_trains_and_evaluates_in_bf16_mixed(make_cfg, model):
+    metrics, objects = train(make_cfg([f"model={model}", "trainer.precision=bf16-mixed"]))
+    assert objects["trainer"].precision == "bf16-mixed"
+    assert 0 < metrics["test/mrr"] <= 1
 
 
 # --- determinism --------------------------------------------------------------------------

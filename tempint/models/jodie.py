@@ -197,7 +197,9 @@ class _GraphCache:
             state_label=torch.cat([s.state_label for s in steps]),
         )
         sizes = torch.tensor([len(s) for s in steps], device=rows.user.device)
-        rows.step_of = torch.repeat_interleave(torch.arange(len(steps), device=sizes.device), sizes)
+        rows.step_of = torch.repeat_interleave(
+            torch.arange(len(steps), device=sizes.device), sizes, output_size=len(rows.user)
+        )
         rows.step_size = sizes[rows.step_of]
         users = torch.unique(rows.user)
         items = torch.unique(rows.item)

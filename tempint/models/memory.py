@@ -117,7 +117,9 @@ class MemoryState(nn.Module):
             (self.user, self.user_seen, self.user_init if user_init is None else user_init, users),
             (self.item, self.item_seen, self.item_init if item_init is None else item_init, items),
         ):
-            table[rows[~seen[rows]]] = init.to(table.dtype)
+            # every repeat of a row writes the same value; no mask select (a host sync)
+            fresh = torch.where(seen[rows, None], table[rows], init.to(table.dtype))
+            table.index_copy_(0, rows, fresh)
 
     def write_users(self, rows: Tensor, values: Tensor) -> None:
         values = self._fresh_user.write(rows, values, self.num_users)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
 from tempint.models.components.pairs import PairTable
 from tempint.models.heuristics import RecentPopularity
 
@@ -176,8 +176,8 @@ class RepeatAware(InteractionModel):
     def _affinity(self, output: Output) -> Tensor:
         """Explore logits [B, I] from the base model's Output (cosine or native scores)."""
         if output.query is not None and output.candidates is not None:
-            query = F.normalize(output.query, dim=-1)
-            candidates = F.normalize(output.candidates, dim=-1)
+            query = F.normalize(at_least_float32(output.query), dim=-1)
+            candidates = F.normalize(at_least_float32(output.candidates), dim=-1)
             if candidates.dim() == 3:
                 cos = torch.bmm(candidates, query.unsqueeze(-1)).squeeze(-1)
             else:
@@ -262,10 +262,11 @@ class RepeatAware(InteractionModel):
 
     def forward(self, batch: Interactions) -> Output:
         output = self.base(batch)  # the base predicts, then updates its own memory
-        gate, history, p_repeat, p_explore, seen = self._parts(batch, output)
-        mixture = ((1.0 - gate)[:, None] * p_explore).reshape(-1)
-        mixture = mixture.index_add(0, history.flat, gate[history.which] * p_repeat)
-        log_p = torch.log(mixture.clamp_min(1e-30)).view_as(p_explore)
+        with exact_scores(batch.item.device):  # [B, I] scores: no bf16 ties under autocast
+            gate, history, p_repeat, p_explore, seen = self._parts(batch, output)
+            mixture = ((1.0 - gate)[:, None] * p_explore).reshape(-1)
+            mixture = mixture.index_add(0, history.flat, gate[history.which] * p_repeat)
+            log_p = torch.log(mixture.clamp_min(1e-30)).view_as(p_explore)
         losses = {}
         if self.training:
             losses["nll"] = -log_p.gather(1, batch.item[:, None]).mean()
