@@ -996,6 +996,8 @@ def _cache_files(path: Path, cache_dir: str | os.PathLike | None) -> _CacheFiles
 
 def _read_cache(path: Path, files: _CacheFiles, options: dict) -> EventLog | None:
     """The cached log, or None when it is missing, stale or damaged (then rebuilt)."""
+    if not files.manifest.is_file():
+        return None  # first load: nothing to report
     try:
         manifest = json.loads(files.manifest.read_text())
         stat = path.stat()
