@@ -745,8 +745,14 @@ def _build(
         col = frame.get_column(key)
         labels = col.dtype == pl.String
         if labels or (declared is None and ids_mode == "renumber"):
-            log.info("%s: renumbering %s", path, key)
             col, originals[key] = _renumber(col)
+            log.info(
+                "%s: renumbered %s: %s distinct ids -> 0..%s",
+                path,
+                key,
+                f"{len(originals[key]):,}",
+                f"{len(originals[key]) - 1:,}",
+            )
             frame = frame.with_columns(col.alias(key))
         if declared is not None:
             over = (col >= declared).arg_true()
