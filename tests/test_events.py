@@ -627,6 +627,11 @@ def test_load_phases_are_logged_with_row_counts(tmp_path, caplog):
         load_events(path, cache=False)
     text = caplog.text
     size = f"reading {path.stat().st_size} bytes"
-    for phase in (size, "read 2 rows", "sorting 2 rows", "renumbering user_id"):
+    for phase in (
+        size,
+        "read 2 rows",
+        "sorting 2 rows",
+        "renumbered user_id: 2 distinct ids -> 0..1",
+    ):
         assert phase in text, phase
     assert "2 interactions, 2 users, 2 items, loaded in" in text

@@ -229,6 +229,7 @@ class InteractionDataModule(L.LightningDataModule):
 
             spec = dict(self.synthetic)
             shape = spec.pop("shape", None)
+            log.info("generating the %s stream (%s)", shape or "custom", spec)
             frame = generate_shape(shape, **spec) if shape else generate_stream(**spec)
             self.source = f"synthetic:{shape or 'custom'}"
             users = int(frame["user_id"].max()) + 1

@@ -750,8 +750,14 @@ def _build(
         col = frame.get_column(key)
         labels = col.dtype == pl.String
         if labels or (declared is None and ids_mode == "renumber"):
-            log.info("%s: renumbering %s", path, key)
             col, originals[key] = _renumber(col)
+            log.info(
+                "%s: renumbered %s: %s distinct ids -> 0..%s",
+                path,
+                key,
+                f"{len(originals[key]):,}",
+                f"{len(originals[key]) - 1:,}",
+            )
             frame = frame.with_columns(col.alias(key))
         if declared is not None:
             over = (col >= declared).arg_true()
@@ -1082,6 +1088,8 @@ def _cache_files(path: Path, cache_dir: str | os.PathLike | None) -> _CacheFiles
 
 def _read_cache(path: Path, files: _CacheFiles, options: dict) -> EventLog | None:
     """The cached log, or None when it is missing, stale or damaged (then rebuilt)."""
+    if not files.manifest.is_file():
+        return None  # first load: nothing to report
     try:
         manifest = json.loads(files.manifest.read_text())
         stat = path.stat()
