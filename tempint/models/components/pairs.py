@@ -96,14 +96,6 @@ class PairTable(nn.Module):
         col = keys[slot] - rows[which] * self.num_cols
         return which, col, values[slot]
 
-    def row_lengths(self, rows: Tensor) -> Tensor:
-        """Number of distinct pairs [N] of each row."""
-        rows = rows.long()
-        edges = torch.stack((rows, rows + 1)) * self.num_cols
-        a = torch.searchsorted(self.keys, edges)
-        b = torch.searchsorted(self.recent_keys, edges)
-        return a[1] - a[0] + b[1] - b[0]
-
     # ---- writing ---------------------------------------------------------------------------
     @torch.no_grad()
     def observe(self, rows: Tensor, cols: Tensor, t: Tensor | None = None) -> None:
