@@ -3,6 +3,7 @@ a multirun-shaped folder (`<sweep>/<job>/metrics.json` with Hydra's overrides re
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,6 +68,11 @@ def test_notebook_writes_figures(sweep, tmp_path, monkeypatch):
         monkeypatch.setenv("TEMPINT_RESULTS", str(sweep))
         monkeypatch.setenv("TEMPINT_FIGURES", str(figures))
         monkeypatch.setenv("MPLBACKEND", "Agg")
+        # the kernel imports this checkout's tempint, not another installed copy
+        checkout = str(NOTEBOOK.parent.parent)
+        monkeypatch.setenv(
+            "PYTHONPATH", os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))
+        )
         notebook = nbformat.read(NOTEBOOK, as_version=4)
         client = nbclient.NotebookClient(
             notebook,

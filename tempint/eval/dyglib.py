@@ -4,7 +4,8 @@ One negative (user, item) pair per positive, drawn per evaluation batch of conse
 interactions, three ways:
 
 - random: the positive's user with an item drawn uniformly from every item of the stream
-  (`RandomState(seed).randint`, as DyGLib draws it, so the same seed gives its draws);
+  (`RandomState(seed).randint`, a source drawn and dropped before it, as DyGLib does, so
+  the same seed and batches give its draws);
 - historical: pairs seen from the stream's start up to the batch's first timestamp and
   not in the batch (times [batch start, batch end]); topped up with random pairs of any
   user and item that are not in the batch when there are too few;
@@ -56,6 +57,8 @@ def dyglib_negatives(
         hi = min(lo + batch_size, rows.stop)
         size = hi - lo
         if strategy == "random":
+            # DyGLib draws a source too, then keeps the positive's: the same two draws
+            rng.randint(0, len(all_users), size)
             neg_u = users[lo:hi]
             neg_i = all_items[rng.randint(0, len(all_items), size)]
         else:
