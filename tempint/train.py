@@ -462,6 +462,8 @@ def _deepred_paper(cfg: DictConfig, dm, model, device) -> dict[str, Any]:
         torch.manual_seed(int(cfg.seed))
         fresh = instantiate(cfg.model, num_users=dm.num_users, num_items=dm.num_items)
         models["untrained"] = fresh.to(device)
+    if options.pop("recency", True):
+        options["recency"] = _warm_baselines(["recency"], dm, device)["recency"]
     return evaluate_deepred_paper(models, dm, device=device, **options)
 
 

@@ -248,7 +248,7 @@ def test_official_literal_scores_every_label_repeat_first_whatever_the_weights()
     for seed in (0, 1):
         torch.manual_seed(seed)
         models[str(seed)] = DeePRed(data.num_users, data.num_items, dim=8, history_k=3)
-    out = evaluate_deepred_paper(models, data, history=5, pool_fraction=0.5, recency=False)
+    out = evaluate_deepred_paper(models, data, history=5, pool_fraction=0.5)
     base = "protocol/deepred_paper"
     repeat = out[f"{base}/label_repeat/literal/pooled/recall@10"]
     assert repeat > 0.5
@@ -266,9 +266,9 @@ def test_protocol_refuses_a_model_without_deepred_embeddings():
 
     data = _Data()
     with pytest.raises(ConfigError, match="model=deepred"):
-        evaluate_deepred_paper({"trained": Popularity(10, 8)}, data, recency=False)
+        evaluate_deepred_paper({"trained": Popularity(10, 8)}, data)
     with pytest.raises(ConfigError, match="deepred_paper.labels"):
-        evaluate_deepred_paper({}, data, labels=["true"], recency=False)
+        evaluate_deepred_paper({}, data, labels=["true"])
 
 
 def test_experiment_trains_on_50_partners_and_writes_every_number_of_the_protocol(make_cfg):

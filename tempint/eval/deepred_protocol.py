@@ -437,19 +437,19 @@ def _per_split(prefix: str, rank: Tensor, is_test: Tensor, k: int) -> dict[str, 
     return out
 
 
-def _recency_ranks(dm, targets: Mapping[str, np.ndarray], events: EvaluatedEvents, device) -> dict:
-    """Rank (average ties) of each label under tempint's recency heuristic, which ranks
-    the user's own past items (all splits before the event) by recency."""
+def _heuristic_ranks(
+    heuristic: tuple, targets: Mapping[str, np.ndarray], events: EvaluatedEvents, device
+) -> dict:
+    """Rank (average ties) of each label among all items under a heuristic (model fed the
+    training stream, validation chunks, test chunks), replayed over both splits."""
     from tempint.eval.ranking import rank_bounds, score_output
-    from tempint.train import _warm_baselines
 
-    baseline, val_chunks, test_chunks = _warm_baselines(["recency"], dm, device)["recency"]
+    baseline, val_chunks, test_chunks = heuristic
     baseline.eval()
     index = np.full(int(events.rows.max()) + 1, -1, dtype=np.int64)
     index[events.rows] = np.arange(events.rows.shape[0])
     ranks = {
-        name: torch.full(index[events.rows].shape, math.inf, dtype=torch.float64)
-        for name in targets
+        name: torch.full((events.rows.shape[0],), math.inf, dtype=torch.float64) for name in targets
     }
     with torch.no_grad():
         for chunks in (val_chunks(), test_chunks()):
@@ -484,7 +484,7 @@ def evaluate_deepred_paper(
     k: int = 10,
     labels: Sequence[str] = LABELS,
     embeddings: Sequence[str] = EMBEDDINGS,
-    recency: bool = True,
+    recency: tuple | None = None,
     device: torch.device | str = "cpu",
 ) -> dict:
     """Every number of the protocol, flat keys under `protocol/deepred_paper/`.
@@ -493,8 +493,9 @@ def evaluate_deepred_paper(
     `<name>/<embeddings>/<label>/<pooled|val|test>/<mrr@k|recall@k>`. Beside them, with no
     model: `label_repeat/<label>/...`, the share of events whose label equals the label of
     the user's previous evaluated event (what the `official` identity reduces the ranking
-    to), and `recency/<label>/...`, tempint's recency heuristic ranking the same labels
-    over all items.
+    to), and with `recency` (tempint's recency heuristic fed the training stream, its
+    validation and test chunks) `recency/<label>/...`: the same labels ranked by it
+    among all items.
     """
     labels, embeddings = list(labels), list(embeddings)
     _check_options(labels, embeddings)
@@ -539,8 +540,8 @@ def evaluate_deepred_paper(
         )
         for (kind, name), rank in ranks.items():
             out.update(_per_split(f"{base}/{model_name}/{kind}/{name}", rank, is_test, k))
-    if recency:
+    if recency is not None:
         chosen = {name: targets[name] for name in labels}
-        for name, rank in _recency_ranks(dm, chosen, events, device).items():
+        for name, rank in _heuristic_ranks(recency, chosen, events, device).items():
             out.update(_per_split(f"{base}/recency/{name}", rank, is_test, k))
     return out
