@@ -224,6 +224,7 @@ def protocols_table(runs: Iterable[Mapping], split: str = "test") -> str:
     with the published figure of the same model under the same protocol beside it and
     the other published figures of that protocol as rows of their own."""
     header = ["dataset", "protocol", "model", "seeds", "MRR", "@10", "published", "source"]
+    header.append("AP / AUROC (random)")
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for (dataset, protocol), group in _sections(runs).items():
         shown: set[str] = set()
@@ -231,18 +232,23 @@ def protocols_table(runs: Iterable[Mapping], split: str = "test") -> str:
         pkey = _published_key(group[0])
         published = {name: (m, k, src) for name, m, k, src in PUBLISHED.get(pkey, [])}
         at10 = "hits@10" if any(f"{split}/hits@10" in r for r in group) else "recall@10"
-        rows: dict[str, tuple[str, list[float], list[float]]] = {}
+        rows: dict[str, tuple[str, list, list, list]] = {}
         for r in group:
             label, cid = configuration_of(r)
-            entry = rows.setdefault(cid, (label, [], []))
+            entry = rows.setdefault(cid, (label, [], [], []))
             entry[1].append(r.get(f"{split}/mrr"))
             entry[2].append(r.get(f"{split}/{at10}"))
+            entry[3].append((r.get(f"{split}/ap/random"), r.get(f"{split}/auroc/random")))
             for b in r.get("baselines") or []:
-                b_entry = rows.setdefault(f"baseline:{b}", (b, [], []))
+                b_entry = rows.setdefault(f"baseline:{b}", (b, [], [], []))
                 if len(b_entry[1]) < 1:  # a heuristic is the same in every run of a section
                     b_entry[1].append(r.get(f"{split}/{b}/mrr"))
                     b_entry[2].append(r.get(f"{split}/{b}/{at10}"))
-        for label, mrrs, tens in rows.values():
+                    pair = (r.get(f"{split}/{b}/ap/random"), r.get(f"{split}/{b}/auroc/random"))
+                    b_entry[3].append(pair)
+        for label, mrrs, tens, pairs in rows.values():
+            ap, _ = _mean_sd([p[0] for p in pairs])
+            roc, _ = _mean_sd([p[1] for p in pairs])
             mean, sd = _mean_sd(mrrs)
             ten, _ = _mean_sd(tens)
             model = label.split(" ")[0]
@@ -258,6 +264,7 @@ def protocols_table(runs: Iterable[Mapping], split: str = "test") -> str:
                 _fmt(ten),
                 "–" if not pub else f"{pub[0]:.3f}" + (f" / {pub[1]:.3f}" if pub[1] else ""),
                 "–" if not pub else pub[2],
+                "–" if math.isnan(ap) else f"{ap:.4f} / {roc:.4f}",
             ]
             lines.append("| " + " | ".join(cells) + " |")
         for name, (m, k, src) in published.items():

@@ -110,3 +110,21 @@ def test_evaluator_averages_ap_and_auroc_over_batches():
     # batch 1: ranked 0.9+ 0.5- 0.2+ 0.1-: AUROC 3/4, AP (1 + 2/3) / 2
     assert result["auroc/random"] == pytest.approx((0.75 + 0.0) / 2)
     assert result["ap/random"] == pytest.approx((5 / 6 + 0.5) / 2)
+
+
+def test_a_batch_step_reads_the_stream_before_the_batch_only():
+    from tempint.data.datamodule import InteractionDataModule
+
+    dm = InteractionDataModule(
+        synthetic={"num_users": 3, "num_items": 4, "num_interactions": 80, "repeat_prob": 0.5}
+    )
+    dm.setup()
+    (batch,) = dm.eval_batches("test", 1000, "exact")[:1]
+    (step,) = batch.scored.steps
+    lo = dm.split.val_end
+    for k, u in enumerate(step.user.tolist()):
+        earlier = np.flatnonzero(dm._users[:lo] == u)
+        expected = dm._items[earlier[-1]] if len(earlier) else -1
+        assert step.prev_item[k].item() == expected  # never an item of the batch itself
+    # the stream's own column differs where a user repeats inside the batch
+    assert not np.array_equal(step.prev_item.numpy(), dm.stream.prev_item[lo:].numpy())

@@ -134,3 +134,10 @@ def test_older_runs_name_their_other_protocol_in_the_key():
     assert "frozen, average ties" in frozen and "published" not in frozen.split("|")[3]
     online = next(r for r in rows if "0.7800" in r)
     assert "0.746 / 0.822" in online
+
+
+def test_dyglib_rows_show_ap_and_auroc():
+    run = _run("wikipedia", "LiMNet", 0.5, 1, protocol=dict(TGB, name="dyglib"))
+    run.update({"test/ap/random": 0.92, "test/auroc/random": 0.9})
+    row = next(r for r in protocols_table([run]).splitlines() if "| LiMNet |" in r)
+    assert row.endswith("| 0.9200 / 0.9000 |")

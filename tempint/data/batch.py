@@ -184,7 +184,8 @@ class TimeBatch:
     """One evaluation batch of B consecutive interactions (TGB's protocol).
 
     `scored` is one step holding all of them: the model scores it from its state before
-    the batch. `replay` are the chunks that then feed the batch to the model exactly (its
+    the batch, and its columns (previous item, gaps) read the stream before the batch
+    too (`InteractionDataModule.eval_batches`). `replay` are the chunks that then feed the batch to the model exactly (its
     usual evaluation steps, unscored); None when one forward of `scored` updates the
     model as its interactions one by one would (`InteractionModel.step_updates_commute`).
     """

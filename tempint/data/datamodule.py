@@ -421,11 +421,19 @@ class InteractionDataModule(L.LightningDataModule):
             self._eval_plans[key] = planner(stage)
         return self._eval_plans[key]
 
-    def probe(self, users: np.ndarray, items: np.ndarray, position: np.ndarray) -> Interactions:
-        """Interactions that did not happen: (user, item) at the time of the stream rows
-        `position`, with the columns the data layer would give them from the stream
-        strictly before those rows (gaps, previous item). For scoring negative pairs of
-        another user (DyGLib); partner histories are not built for them."""
+    def probe(
+        self,
+        users: np.ndarray,
+        items: np.ndarray,
+        position: np.ndarray,
+        before: np.ndarray | None = None,
+    ) -> Interactions:
+        """Interactions (user, item) at the time of the stream rows `position`, with the
+        columns the data layer would give them from the stream strictly before the rows
+        `before` (default: `position`): gaps and previous item. For negative pairs of
+        another user (DyGLib), and for a batch scored from the state before it (TGB),
+        whose rows may not read the batch's earlier interactions. Partner histories are
+        not rebuilt."""
         if self.history_k > 0:
             raise ConfigError(
                 "negative pairs of other users need no partner histories; "
@@ -433,11 +441,12 @@ class InteractionDataModule(L.LightningDataModule):
             )
         n = len(self._t)
         t = self._t[position]
+        cutoff = position if before is None else before
 
         def last_before(nodes, column):
             order = np.argsort(column, kind="stable")
             sorted_keys = column[order].astype(np.int64) * n + order
-            idx = np.searchsorted(sorted_keys, nodes.astype(np.int64) * n + position) - 1
+            idx = np.searchsorted(sorted_keys, nodes.astype(np.int64) * n + cutoff) - 1
             found = idx >= 0
             found[found] &= sorted_keys[idx[found]] // n == nodes[found]
             return np.where(found, sorted_keys[np.maximum(idx, 0)] % n, -1)
@@ -463,6 +472,20 @@ class InteractionDataModule(L.LightningDataModule):
             edge_features=None if edge is None else torch.zeros_like(edge),
             tags=base.tags,
         )
+
+    def _batch_step(self, lo: int, hi: int) -> Interactions:
+        """Rows [lo, hi) as one step whose columns read the stream before `lo` only: a
+        batch scored from the state before it must not learn, from its rows' previous
+        item or gaps, what happened earlier in the batch. Models reading partner
+        histories (history_k > 0) keep the stream's columns, which do."""
+        rows = np.arange(lo, hi)
+        real = self.stream.select(torch.from_numpy(rows))
+        if self.history_k > 0:
+            return real
+        step = self.probe(self._users[rows], self._items[rows], rows, np.full_like(rows, lo))
+        step.state_label = real.state_label
+        step.edge_features = real.edge_features
+        return step
 
     def negatives_path(self, stage: str):
         """Where a split's fixed negatives live: `<name>_<stage>_ns.npy` beside the data
@@ -492,13 +515,13 @@ class InteractionDataModule(L.LightningDataModule):
         out = []
         for lo in range(rows.start, rows.stop, batch_size):
             hi = min(lo + batch_size, rows.stop)
-            scored = plan_to_chunk(self.stream, ChunkPlan(steps=[np.arange(lo, hi)]))
+            scored = Chunk(steps=[self._batch_step(lo, hi)])
             chunks = None
             if replay == "exact":
                 plans = exact_segments(self._users, self._items, lo, hi, self.eval_step_rows())
                 chunks = list(self.chunks(plans))
-            elif replay == "contiguous":
-                chunks = [scored]
+            elif replay == "contiguous":  # the batch as it happened
+                chunks = [plan_to_chunk(self.stream, ChunkPlan(steps=[np.arange(lo, hi)]))]
             out.append(TimeBatch(scored, chunks))
         return out
 
