@@ -111,15 +111,17 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "results.json"
     entries: list[dict] = []
+    kept_root = None
     if args.keep and json_path.exists():
-        entries = json.loads(json_path.read_text())["entries"]
+        kept = json.loads(json_path.read_text())
+        entries, kept_root = kept["entries"], kept["meta"].get("movielens_root")
     meta = {
         "command": 'python bench/scale/run.py --movielens-root "$MOVIELENS_ROOT"',
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_line(),
         "time_limit": args.time_limit,
         "rss_limit_gib": args.rss_limit_gib,
-        "movielens_root": root,
+        "movielens_root": root or kept_root,  # shown as $MOVIELENS_ROOT in the commands
     }
 
     def key(case: dict) -> tuple:
