@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.scale.case import RESULT_MARK
+from bench.scale.case import PHASE_MARK, RESULT_MARK
 from bench.scale.plan import GIB, case_argv, check_targets, discover_models, plan_cases
 from bench.scale.run import run_watched
-from bench.scale.table import error_line, parse_output, render
+from bench.scale.table import error_line, parse_epoch, parse_output, render
 from tempint.config import CONF_DIR
 
 
@@ -47,6 +47,22 @@ def test_parse_output_takes_the_last_result_line():
     assert parse_output(text) == {"test_mrr": 0.25}
     assert parse_output("Traceback\nValueError: bad\n") is None
     assert error_line("Traceback\nValueError: bad\n  done\n") == "ValueError: bad"
+
+
+def test_parse_epoch_reads_the_numbers_printed_before_evaluation():
+    text = f'x\n{PHASE_MARK}{{"train_interactions_per_second": 21000.0}}\nKilled\n'
+    assert parse_epoch(text) == {"train_interactions_per_second": 21000.0}
+    assert parse_epoch("no epoch\n") is None
+    case = plan_cases(["ml20m_quarter"], None, Path(CONF_DIR), models=["limnet"])[0]
+    entry = {
+        "case": case,
+        "argv": case_argv(case),
+        "status": "stopped",
+        "note": "stopped after 300 s at 2.0 GiB RSS, in the evaluation after its epoch",
+        "result": parse_epoch(text),
+        "max_rss_seen_bytes": 2 * GIB,
+    }
+    assert "in the evaluation after its epoch; training ✓" in render([entry], {})
 
 
 def test_render_shows_numbers_commands_and_unfinished_cases():

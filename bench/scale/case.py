@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from bench.cases import peak_memory_bytes  # noqa: E402
 
 RESULT_MARK = "SCALE_RESULT "
+PHASE_MARK = "SCALE_EPOCH "  # the training numbers, printed before the evaluation
 
 
 def lean_config(overrides: list[str], output_dir: str):
@@ -66,9 +67,33 @@ def lean_config(overrides: list[str], output_dir: str):
     return cfg
 
 
+def _report_epoch_before_evaluation() -> None:
+    """Print the epoch's numbers as soon as training ends, so a case stopped during its
+    evaluation still reports its training rate."""
+    import tempint.train as train_module
+
+    evaluate = train_module.evaluate_module
+
+    def evaluate_after_report(module, dm, *args, **kwargs):
+        seconds = sum(module.epoch_seconds) / max(1, len(module.epoch_seconds))
+        epoch = {
+            "num_users": dm.num_users,
+            "num_items": dm.num_items,
+            "num_interactions": dm.split.as_dict().get("num_interactions"),
+            "train_interactions": module.train_interactions,
+            "seconds_per_epoch": seconds,
+            "train_interactions_per_second": module.train_interactions / seconds,
+        }
+        print(PHASE_MARK + json.dumps(epoch), flush=True)
+        return evaluate(module, dm, *args, **kwargs)
+
+    train_module.evaluate_module = evaluate_after_report
+
+
 def run_train(cfg) -> dict:
     from tempint.train import train
 
+    _report_epoch_before_evaluation()
     metrics, objects = train(cfg)
     return {
         "num_users": metrics["num_users"],

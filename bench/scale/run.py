@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from bench.scale.plan import GIB, GROUPS, case_argv, plan_cases  # noqa: E402
-from bench.scale.table import error_line, parse_output, render  # noqa: E402
+from bench.scale.table import error_line, parse_epoch, parse_output, render  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -72,6 +72,10 @@ def run_watched(argv: list[str], time_limit: float, rss_limit: float, poll: floa
     result = parse_output(text)
     if stopped:
         entry.update(status="stopped", note=stopped)
+        epoch = parse_epoch(text)
+        if epoch is not None:  # stopped in its evaluation: the epoch's numbers stand
+            entry["result"] = epoch
+            entry["note"] = stopped + ", in the evaluation after its epoch"
     elif result is None:
         entry.update(status="failed", note=error_line(text))
     else:

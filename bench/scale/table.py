@@ -6,7 +6,7 @@ import json
 import shlex
 from typing import Any
 
-from bench.scale.case import RESULT_MARK
+from bench.scale.case import PHASE_MARK, RESULT_MARK
 from bench.scale.plan import GIB, check_targets
 
 TITLES = {
@@ -22,6 +22,14 @@ def parse_output(text: str) -> dict[str, Any] | None:
     for line in reversed(text.splitlines()):
         if line.startswith(RESULT_MARK):
             return json.loads(line[len(RESULT_MARK) :])
+    return None
+
+
+def parse_epoch(text: str) -> dict[str, Any] | None:
+    """The training numbers a case printed before its evaluation, or None."""
+    for line in reversed(text.splitlines()):
+        if line.startswith(PHASE_MARK):
+            return json.loads(line[len(PHASE_MARK) :])
     return None
 
 
@@ -46,6 +54,10 @@ def _row(entry: dict) -> list[str]:
     missed = check_targets(case, result) if status == "ok" else []
     if status != "ok":
         verdict = f"not finished ({status}): {entry.get('note', '')}"
+        rate_target = (case.get("targets") or {}).get("train_rate")
+        rate = result.get("train_interactions_per_second")
+        if rate_target and rate is not None:  # the epoch ended before the stop
+            verdict += "; training " + ("✓" if rate >= rate_target else f"✗ < {rate_target:,}")
     elif not case.get("targets"):
         verdict = "–"
     else:
