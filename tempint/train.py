@@ -339,6 +339,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     output_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
+    _check_model_target(str(cfg.model._target_))
     sampler = instantiate(cfg.sampler)
     # models that read partner histories (DeePRed) declare their k; the data layer builds them
     history_k = max(int(cfg.data.get("history_k") or 0), int(cfg.model.get("history_k") or 0))
@@ -465,6 +466,23 @@ def _deepred_paper(cfg: DictConfig, dm, model, device) -> dict[str, Any]:
     if options.pop("recency", True):
         options["recency"] = _warm_baselines(["recency"], dm, device)["recency"]
     return evaluate_deepred_paper(models, dm, device=device, **options)
+
+
+def _check_model_target(target: str) -> None:
+    """A model class that cannot be found is a config mistake, told before the data loads
+    (a model file of the user's project is found from the folder the run starts in)."""
+    import importlib.util
+
+    module = target.rpartition(".")[0]
+    try:
+        found = bool(module) and importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        raise ConfigError(
+            f"model._target_={target!r}: module {module!r} is not found from {Path.cwd()}; "
+            "run from the folder that holds it or add that folder to PYTHONPATH"
+        )
 
 
 def _default_group(output_dir: Path) -> str:

@@ -64,3 +64,16 @@ def test_the_example_trains_and_is_evaluated_beside_the_heuristics(make_cfg):
     for key in ("test/mrr", "test/recency/mrr", "test/popularity/mrr", "test/mrr/new"):
         assert 0 <= written[key] <= 1, key
     assert written["train/epochs"] == 2
+
+
+def test_a_model_module_that_cannot_be_found_is_one_config_error(make_cfg):
+    import pytest
+    from omegaconf import open_dict
+
+    from tempint.errors import ConfigError
+
+    cfg = make_cfg(["model=gru4rec"])
+    with open_dict(cfg):
+        cfg.model._target_ = "my_project.models.Missing"
+    with pytest.raises(ConfigError, match="my_project.models.*not found"):
+        train(cfg)
