@@ -292,6 +292,11 @@ def _validate_protocol(eval_cfg) -> None:
         raise ConfigError(
             f"eval.pair_negatives={unknown} is unknown; use some of random, historical, inductive"
         )
+    if strategies and (eval_cfg.get("min_train_events") or 0) > 0:
+        raise ConfigError(
+            "eval.pair_negatives scores every event of a batch against its negative pair; "
+            "it cannot be combined with eval.min_train_events > 0 (set it to 0)"
+        )
     if strategies and batch_size < 2:
         raise ConfigError(
             "eval.pair_negatives draws one negative per batch; set eval.batch_size > 1"

@@ -128,3 +128,40 @@ def test_a_batch_step_reads_the_stream_before_the_batch_only():
         assert step.prev_item[k].item() == expected  # never an item of the batch itself
     # the stream's own column differs where a user repeats inside the batch
     assert not np.array_equal(step.prev_item.numpy(), dm.stream.prev_item[lo:].numpy())
+
+
+def test_a_negative_pair_reads_the_stream_before_its_batch_like_the_positive():
+    """Under `random` a negative keeps the positive's user: both must see the same previous
+    item and gaps, those of the stream before the batch, or AP/AUROC compare unlike rows."""
+    import torch
+
+    from tempint.data.datamodule import InteractionDataModule
+    from tempint.eval.protocol import Protocol, StreamEvaluator, _score_pair_negatives
+    from tempint.models.heuristics import Popularity
+
+    dm = InteractionDataModule(
+        synthetic={"num_users": 3, "num_items": 4, "num_interactions": 80, "repeat_prob": 0.5}
+    )
+    dm.setup()
+    (batch,) = dm.eval_batches("test", 1000, "exact")[:1]
+    (step,) = batch.scored.steps
+    seen = []
+
+    def probe(users, items, position, before=None):
+        made = dm.probe(users, items, position, before)
+        seen.append(made)
+        return made
+
+    n = len(step)
+    start = int(step.index.min())
+    protocol = Protocol(
+        pair_negatives={"random": (torch.from_numpy(dm._users[start:]), torch.zeros(n).long())},
+        negatives_start=start,
+        probe=probe,
+    )
+    evaluator = StreamEvaluator(["native"], protocol=protocol)
+    model = Popularity(dm.num_users, dm.num_items).eval()
+    _score_pair_negatives(model, batch.scored, evaluator)
+    (negative,) = seen
+    assert negative.prev_item.tolist() == step.prev_item.tolist()
+    assert torch.equal(negative.delta_user, step.delta_user)

@@ -269,3 +269,12 @@ def test_protocol_mistakes_are_named_before_training(overrides, message):
     cfg = OmegaConf.create({"eval": {"mode": "frozen", **overrides}})
     with pytest.raises(ConfigError, match=message):
         validate_config(cfg)
+
+
+def test_pair_negatives_with_a_training_event_filter_is_refused_before_training(make_cfg):
+    from tempint.config import validate_config
+    from tempint.errors import ConfigError
+
+    cfg = make_cfg(["eval=dyglib", "eval.min_train_events=3"])
+    with pytest.raises(ConfigError, match="min_train_events"):
+        validate_config(cfg)

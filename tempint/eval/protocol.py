@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -150,10 +151,10 @@ class StreamEvaluator:
             target = target[mask]
             tags = {k: v[mask] for k, v in tags.items()}
         position = batch.index[mask] if select else batch.index
-        if self._pending_negatives is not None:
-            self._pair_metrics(output, target)
         bounds = {}
         with exact_scores(target.device):
+            if self._pending_negatives is not None:
+                self._pair_metrics(output, target)
             for scorer in self.metrics:
                 bounds[scorer] = self._bounds(
                     output, scorer, mask if select else None, target, position
@@ -399,14 +400,19 @@ def _score_pair_negatives(model: InteractionModel, scored: Chunk, evaluator) -> 
     rows = (step.index - protocol.negatives_start).cpu()
     device = step.user.device
     out: dict[str, dict[str, Tensor]] = {s: {} for s in evaluator.metrics}
+    position = step.index.cpu().numpy()
+    # read the stream before the batch, as the batch's own rows do (`_batch_step`)
+    before = np.full_like(position, position.min())
     for strategy, (users, items) in protocol.pair_negatives.items():
-        probe = protocol.probe(users[rows].numpy(), items[rows].numpy(), step.index.cpu().numpy())
+        probe = protocol.probe(users[rows].numpy(), items[rows].numpy(), position, before)
         probe = probe.to(device)
         saved = snapshot_state(model)
         model.begin_chunk(Chunk(steps=[probe]))
         output = model(probe)
-        for scorer in out:
-            out[scorer][strategy] = score_candidates(output, scorer, probe.item.unsqueeze(1))[:, 0]
+        with exact_scores(device):  # scored in float32 or wider, as the positives
+            for scorer in out:
+                candidates = probe.item.unsqueeze(1)
+                out[scorer][strategy] = score_candidates(output, scorer, candidates)[:, 0]
         model.end_chunk(Chunk(steps=[probe]))
         restore_state(model, saved)
     evaluator.add_pair_negatives(out)
