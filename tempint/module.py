@@ -16,7 +16,7 @@ from torch import Tensor
 
 from tempint.data.batch import Chunk
 from tempint.errors import ConfigError, UserError
-from tempint.eval.protocol import StreamEvaluator, restore_state, score_chunk
+from tempint.eval.protocol import StreamEvaluator, restore_state, score_chunk, snapshot_state
 from tempint.models.base import InteractionModel
 
 __all__ = ["InteractionModule", "NumericalFault", "fused_allowed"]
@@ -235,14 +235,11 @@ class InteractionModule(L.LightningModule):
             scheduler.step()
 
     # ---- validation (frozen, memory restored afterwards) ------------------------------
-    def _state(self) -> dict[str, Tensor]:
-        return dict(self.model.named_buffers())
-
     def on_validation_epoch_start(self) -> None:
         self.check_loss()
         if getattr(self, "_epoch_clock_running", False):
             self._stop_epoch_clock()
-        self._snapshot = {k: v.detach().clone() for k, v in self._state().items()}
+        self._snapshot = snapshot_state(self.model)
         self._evaluator = StreamEvaluator(self.val_scorers, self.ties, device=self.device)
 
     def validation_step(self, chunk: Chunk, batch_idx: int) -> None:
