@@ -19,6 +19,7 @@ __all__ = [
     "check_output_folder",
     "check_trainer",
     "validate_config",
+    "validate_protocol",
     "group_options",
 ]
 
@@ -150,7 +151,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"eval.online_windows={windows!r} is invalid; expected a positive integer "
             "(the number of online-evaluation windows over the training time span)"
         )
-    _validate_protocol(eval_cfg)
+    validate_protocol(eval_cfg)
     _check_model(cfg.get("model"), "model")
     _check_trainer_args(cfg.get("trainer"))
     check_trainer(cfg.get("trainer") or {})
@@ -267,8 +268,9 @@ def check_trainer(trainer) -> None:
         )
 
 
-def _validate_protocol(eval_cfg) -> None:
-    """The protocol keys of `eval` (conf/eval/tgb.yaml, ...), checked before any training."""
+def validate_protocol(eval_cfg) -> None:
+    """The protocol keys of `eval` (conf/eval/tgb.yaml, ...), checked before any training
+    and again for each `eval.also` protocol when it is built."""
 
     def count(key: str, lowest: int):
         value = eval_cfg.get(key)
@@ -286,11 +288,13 @@ def _validate_protocol(eval_cfg) -> None:
             f"eval.batch_size={batch_size} scores batches with frozen weights; "
             "set eval.mode=frozen or eval.batch_size=1"
         )
+    from tempint.eval.dyglib import STRATEGIES  # numpy only: no heavy import
+
     strategies = list(eval_cfg.get("pair_negatives") or [])
-    unknown = [s for s in strategies if s not in ("random", "historical", "inductive")]
+    unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise ConfigError(
-            f"eval.pair_negatives={unknown} is unknown; use some of random, historical, inductive"
+            f"eval.pair_negatives={unknown} is unknown; use some of {', '.join(STRATEGIES)}"
         )
     if strategies and (eval_cfg.get("min_train_events") or 0) > 0:
         raise ConfigError(

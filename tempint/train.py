@@ -17,7 +17,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tempint.config import check_cli_overrides, check_output_folder, validate_config
+from tempint.config import (
+    check_cli_overrides,
+    check_output_folder,
+    validate_config,
+    validate_protocol,
+)
 from tempint.errors import ConfigError, UserError
 
 __all__ = ["train", "main", "evaluate_module"]
@@ -97,11 +102,8 @@ def eval_protocol(cfg: DictConfig, dm):
     from tempint.eval.protocol import Protocol
 
     ev = cfg.eval
+    validate_protocol(ev)
     batch_size = int(ev.get("batch_size") or 1)
-    if batch_size < 1:
-        raise ConfigError(f"eval.batch_size={batch_size} must be a positive integer")
-    if batch_size > 1 and ev.mode != "frozen":
-        raise ConfigError("eval.batch_size > 1 scores frozen weights; set eval.mode=frozen")
     users, items, t = dm._users, dm._items, dm._t
     evaluated = range(dm.split.train_end, dm.split.num_interactions)
     exclusions = None
@@ -119,15 +121,8 @@ def eval_protocol(cfg: DictConfig, dm):
     pair_negatives = None
     strategies = list(ev.get("pair_negatives") or [])
     if strategies:
-        from tempint.eval.dyglib import SEEDS, STRATEGIES, dyglib_negatives
+        from tempint.eval.dyglib import SEEDS, dyglib_negatives
 
-        unknown = [s for s in strategies if s not in STRATEGIES]
-        if unknown:
-            raise ConfigError(
-                f"eval.pair_negatives names {unknown}; use some of {', '.join(STRATEGIES)}"
-            )
-        if batch_size < 2:
-            raise ConfigError("eval.pair_negatives draws per batch; set eval.batch_size > 1")
         pair_negatives = {}
         for strategy in strategies:
             parts = []
