@@ -278,6 +278,7 @@ class InteractionDataModule(L.LightningDataModule):
         self._users = self.stream.user.numpy()
         self._items = self.stream.item.numpy()
         self._t = self.stream.t.numpy()
+        self._node_keys: dict[str, np.ndarray] = {}  # made on first use by `probe`
         log.info(
             "%s: %d users, %d items, %d interactions (train %d, val %d, test %d)",
             self.source,
@@ -443,16 +444,15 @@ class InteractionDataModule(L.LightningDataModule):
         t = self._t[position]
         cutoff = position if before is None else before
 
-        def last_before(nodes, column):
-            order = np.argsort(column, kind="stable")
-            sorted_keys = column[order].astype(np.int64) * n + order
+        def last_before(nodes, side):
+            sorted_keys = self._sorted_node_keys(side)
             idx = np.searchsorted(sorted_keys, nodes.astype(np.int64) * n + cutoff) - 1
             found = idx >= 0
             found[found] &= sorted_keys[idx[found]] // n == nodes[found]
             return np.where(found, sorted_keys[np.maximum(idx, 0)] % n, -1)
 
-        last_u = last_before(users, self._users)
-        last_i = last_before(items, self._items)
+        last_u = last_before(users, "user")
+        last_i = last_before(items, "item")
         du = np.where(last_u >= 0, t - self._t[np.maximum(last_u, 0)], 0.0)
         di = np.where(last_i >= 0, t - self._t[np.maximum(last_i, 0)], 0.0)
         base = self.stream.select(torch.from_numpy(position))
@@ -472,6 +472,15 @@ class InteractionDataModule(L.LightningDataModule):
             edge_features=None if edge is None else torch.zeros_like(edge),
             tags=base.tags,
         )
+
+    def _sorted_node_keys(self, side: str) -> np.ndarray:
+        """node · N + position of every interaction of one side, sorted: one sort of the
+        stream, searched by every probe (one per evaluation batch and strategy)."""
+        if side not in self._node_keys:
+            column = self._users if side == "user" else self._items
+            order = np.argsort(column, kind="stable")
+            self._node_keys[side] = column[order].astype(np.int64) * len(self._t) + order
+        return self._node_keys[side]
 
     def _batch_step(self, lo: int, hi: int) -> Interactions:
         """Rows [lo, hi) as one step whose columns read the stream before `lo` only: a
