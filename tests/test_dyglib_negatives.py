@@ -136,7 +136,12 @@ def test_a_negative_pair_reads_the_stream_before_its_batch_like_the_positive():
     import torch
 
     from tempint.data.datamodule import InteractionDataModule
-    from tempint.eval.protocol import Protocol, StreamEvaluator, _score_pair_negatives
+    from tempint.eval.protocol import (
+        Protocol,
+        StreamEvaluator,
+        _score_pair_negatives,
+        snapshot_state,
+    )
     from tempint.models.heuristics import Popularity
 
     dm = InteractionDataModule(
@@ -161,7 +166,7 @@ def test_a_negative_pair_reads_the_stream_before_its_batch_like_the_positive():
     )
     evaluator = StreamEvaluator(["native"], protocol=protocol)
     model = Popularity(dm.num_users, dm.num_items).eval()
-    _score_pair_negatives(model, batch.scored, evaluator)
+    _score_pair_negatives(model, batch.scored, evaluator, snapshot_state(model))
     (negative,) = seen
     assert negative.prev_item.tolist() == step.prev_item.tolist()
     assert torch.equal(negative.delta_user, step.delta_user)

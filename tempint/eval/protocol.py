@@ -378,11 +378,13 @@ def score_time_batch(model: InteractionModel, batch: TimeBatch, evaluator: Strea
     that scores the batch also updates the state with the batch's nodes repeated in one
     step, which only exact steps do right: the state is put back and the batch replayed.
     """
-    if evaluator.protocol.pair_negatives is not None:
-        _score_pair_negatives(model, batch.scored, evaluator)
-    saved = None if batch.replay is None else snapshot_state(model)
+    pairs = evaluator.protocol.pair_negatives is not None
+    # one copy of the state before the batch serves the negative pairs and the replay
+    saved = snapshot_state(model) if pairs or batch.replay is not None else None
+    if pairs:
+        _score_pair_negatives(model, batch.scored, evaluator, saved)
     score_chunk(model, batch.scored, evaluator)
-    if saved is None:
+    if batch.replay is None:
         return
     restore_state(model, saved)
     for chunk in batch.replay:
@@ -392,9 +394,11 @@ def score_time_batch(model: InteractionModel, batch: TimeBatch, evaluator: Strea
         model.end_chunk(chunk)
 
 
-def _score_pair_negatives(model: InteractionModel, scored: Chunk, evaluator) -> None:
-    """Score each strategy's negative pairs from the state before the batch (the state is
-    put back after each), and hand them to the evaluator for the batch's AP and AUROC."""
+def _score_pair_negatives(
+    model: InteractionModel, scored: Chunk, evaluator, saved: Mapping[str, Tensor]
+) -> None:
+    """Score each strategy's negative pairs from the state before the batch (`saved`, put
+    back after each), and hand them to the evaluator for the batch's AP and AUROC."""
     protocol = evaluator.protocol
     (step,) = scored.steps
     rows = (step.index - protocol.negatives_start).cpu()
@@ -406,7 +410,6 @@ def _score_pair_negatives(model: InteractionModel, scored: Chunk, evaluator) -> 
     for strategy, (users, items) in protocol.pair_negatives.items():
         probe = protocol.probe(users[rows].numpy(), items[rows].numpy(), position, before)
         probe = probe.to(device)
-        saved = snapshot_state(model)
         model.begin_chunk(Chunk(steps=[probe]))
         output = model(probe)
         with exact_scores(device):  # scored in float32 or wider, as the positives
