@@ -109,6 +109,9 @@ class StreamEvaluator:
             raise ConfigError(f"eval.ties={ties!r} is unknown; use one of {', '.join(TIES)}")
         self.tags = tuple(tags)
         self.protocol = protocol or Protocol()
+        # the metric filter per stream position, on the evaluation device once
+        keep = self.protocol.keep
+        self._kept_positions = None if keep is None else keep.to(device)
         hits = self.protocol.hits_ks
         self.metrics = {
             s: RankingMetrics(ks=tuple(ks), ties=ties, tags=self.tags, hits_ks=hits).to(device)
@@ -134,8 +137,8 @@ class StreamEvaluator:
         """
         tags = {k: batch.tags[k] for k in self.tags}
         target = batch.item
-        if self.protocol.keep is not None:
-            kept = self.protocol.keep.to(batch.index.device)[batch.index]
+        if self._kept_positions is not None:
+            kept = self._kept_positions.to(batch.index.device)[batch.index]
             mask = kept if mask is None else mask & kept
         # fixed negatives, exclusions and pair negatives read the kept rows' positions:
         # select them now; otherwise an accelerator defers the mask to the flush
