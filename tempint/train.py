@@ -66,7 +66,8 @@ def _warm_baselines(names, dm, device, batch_size: int = 1) -> dict:
                 chunk = chunk.to(device)
                 for step in chunk.steps:
                     baseline(step)
-        out[name] = (baseline, *_eval_sources(baseline, dm, "exact", batch_size, device))
+        kind = "runs" if baseline.replays_steps else "exact"
+        out[name] = (baseline, *_eval_sources(baseline, dm, kind, batch_size, device))
     return out
 
 
@@ -170,7 +171,7 @@ def _bound_scores(dm, cfg: DictConfig) -> None:
 
 
 def eval_kind(model, dm, scorer: str, mode: str, ranks_all: bool = True) -> str:
-    """The evaluation chunks a model replays: contiguous, blocks or exact steps.
+    """The evaluation chunks a model replays: contiguous, blocks, runs or exact steps.
 
     Blocks rank against all items; a protocol of fixed negatives (`ranks_all` False)
     ranks steps."""
@@ -182,6 +183,8 @@ def eval_kind(model, dm, scorer: str, mode: str, ranks_all: bool = True) -> str:
         return "contiguous"
     if not dm.windowed and mode == "frozen" and getattr(model, "per_user_state", False):
         return "users"
+    if not dm.windowed and mode == "frozen" and getattr(model, "replays_steps", False):
+        return "runs"
     return "eval"
 
 

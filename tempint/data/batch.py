@@ -145,6 +145,7 @@ class Chunk:
     row_window: Tensor | None = None  # [R] window of each local row (both sides)
     scored: list[Tensor] | None = None  # per step, [B] bool: evaluate this interaction
     block: bool = False  # t-batches of one block, ranked together (tempint.eval.blocks)
+    run: bool = False  # consecutive exact steps (InteractionModel.replay_steps)
 
     @property
     def num_windows(self) -> int:
@@ -176,6 +177,7 @@ class Chunk:
             row_window=move(self.row_window),
             scored=None if self.scored is None else [move(s) for s in self.scored],
             block=self.block,
+            run=self.run,
         )
 
 

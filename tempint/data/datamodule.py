@@ -125,6 +125,7 @@ def plan_to_chunk(stream: Interactions, plan: ChunkPlan) -> Chunk:
         row_window=tensor(plan.row_window),
         scored=None if plan.scored is None else [torch.from_numpy(s) for s in plan.scored],
         block=plan.block,
+        run=plan.run,
     )
 
 
@@ -347,6 +348,21 @@ class InteractionDataModule(L.LightningDataModule):
             self._users, self._items, rows.start, rows.stop, self.eval_step_rows()
         )
 
+    def run_plans(self, stage: str) -> list[ChunkPlan]:
+        """Exact steps grouped into runs of consecutive steps, rows × items within the
+        bound: for models that replay a run of steps at once (`replays_steps`)."""
+        rows = eval_block_rows(self.num_items, self.max_scores_per_block)
+        runs: list[ChunkPlan] = []
+        size = rows
+        for plan in self.exact_plans(stage):
+            step = plan.steps[0]
+            if size + len(step) > rows:
+                runs.append(ChunkPlan(steps=[], run=True))
+                size = 0
+            runs[-1].steps.append(step)
+            size += len(step)
+        return runs
+
     def block_plans(self, stage: str) -> list[ChunkPlan]:
         """Blocks replayed in t-batches and ranked together (`tempint.eval.blocks`)."""
         rows = self._rows(stage)
@@ -392,7 +408,8 @@ class InteractionDataModule(L.LightningDataModule):
         """Evaluation chunks of a split, gathered once and reused by every pass.
 
         `kind`: "eval" (the protocol's steps for this sampler), "exact" (exact steps
-        whatever the sampler), "contiguous" (plain consecutive steps), "blocks" (t-batches
+        whatever the sampler), "runs" (exact steps grouped in runs replayed at once),
+        "contiguous" (plain consecutive steps), "blocks" (t-batches
         of consecutive blocks, for models ranked in blocks) or "users" (steps with no user
         twice, for models whose state is per user). With `device`, the chunks are kept
         there: a GPU run copies its evaluation stream once, not at every validation.
@@ -415,6 +432,7 @@ class InteractionDataModule(L.LightningDataModule):
             planner = {
                 "eval": self.eval_plans,
                 "exact": self.exact_plans,
+                "runs": self.run_plans,
                 "contiguous": self.contiguous_plans,
                 "blocks": self.block_plans,
                 "users": self.user_plans,

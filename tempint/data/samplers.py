@@ -39,6 +39,8 @@ class ChunkPlan:
     `scored[s]` [B] bool, False for context-only interactions of evaluation windows.
     `block`: the steps are the t-batches of one block of consecutive interactions, to be
     ranked together with candidates as of each interaction's position (`block_plans`).
+    `run`: the steps are consecutive exact steps, for models that replay them at once
+    (`InteractionModel.replay_steps`).
     """
 
     steps: list[np.ndarray]
@@ -49,6 +51,7 @@ class ChunkPlan:
     row_window: np.ndarray | None = None
     scored: list[np.ndarray] | None = None
     block: bool = False
+    run: bool = False
 
     @property
     def num_interactions(self) -> int:

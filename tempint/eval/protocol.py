@@ -362,9 +362,17 @@ def _rank_block(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
 
 @torch.no_grad()
 def score_chunk(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluator) -> None:
-    """Frozen replay of one chunk: ranked as a block, or step by step."""
+    """Frozen replay of one chunk: ranked as a block, a run of steps replayed at once by a
+    model that can (`replays_steps`), or step by step."""
     if chunk.block:
         _rank_block(model, chunk, evaluator)
+        return
+    if chunk.run and model.replays_steps:
+        model.begin_chunk(chunk)
+        output = model.replay_steps(chunk.steps)
+        model.end_chunk(chunk)
+        steps = chunk.steps
+        evaluator.update(output, steps[0] if len(steps) == 1 else Interactions.concat(steps))
         return
     model.begin_chunk(chunk)
     for s, step in enumerate(chunk.steps):

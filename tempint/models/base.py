@@ -91,6 +91,9 @@ class InteractionModel(nn.Module):
     # would (counts, latest times), whatever the step holds: a batch scored from the
     # state before it (eval.batch_size > 1) is then one forward, with no replay.
     step_updates_commute: bool = False
+    # True when `replay_steps` scores a run of consecutive exact evaluation steps at once:
+    # frozen evaluation then hands the model runs of steps instead of one step at a time.
+    replays_steps: bool = False
 
     def __init__(self, num_users: int, num_items: int) -> None:
         super().__init__()
@@ -127,6 +130,15 @@ class InteractionModel(nn.Module):
         query = torch.cat([o.query for o in outputs])
         biases = [o.native_bias for o in outputs if o.native_bias is not None]
         return query, torch.cat(biases) if biases else None
+
+    def replay_steps(self, steps: Sequence[Interactions]) -> Output:
+        """Frozen scores [K, I] of consecutive exact steps (no user or item twice in a
+        step), each interaction from the state before its step, in the steps' order; the
+        state is left after the last step. It must equal one `forward` per step: the
+        vectorised replay of a model with `replays_steps`, for runs of many tiny steps.
+        """
+        outputs = [self(step) for step in steps]
+        return Output(scores=torch.cat([o.scores for o in outputs]))
 
     def chunk_losses(self) -> dict[str, Tensor]:
         """Loss terms over the whole chunk, added after its last step.
