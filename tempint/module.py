@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tempint.data.batch import Chunk
+from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError, UserError
 from tempint.eval.protocol import StreamEvaluator, restore_state, score_chunk, snapshot_state
 from tempint.models.base import InteractionModel
@@ -147,10 +147,17 @@ class InteractionModule(L.LightningModule):
         self._epoch_interactions = 0
 
     def run_chunk(self, chunk: Chunk) -> Tensor | None:
-        """Forward every step of a chunk in order; the summed loss of its steps."""
+        """Forward every step of a chunk in order; the summed loss of its steps.
+
+        A heuristic whose updates commute (`step_updates_commute`) has nothing to learn
+        and ends in the same state from one forward over the chunk's steps together.
+        """
         self.model.begin_chunk(chunk)
         total: Tensor | None = None
-        for step in chunk.steps:
+        steps = chunk.steps
+        if not self.model.learned and self.model.step_updates_commute and len(steps) > 1:
+            steps = [Interactions.concat(steps)]
+        for step in steps:
             loss = self.model(step).loss
             if loss is not None:
                 total = loss if total is None else total + loss
