@@ -246,8 +246,8 @@ def measure_eval_scaling(
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
+    from tempint.eval.session import evaluate_module
     from tempint.module import InteractionModule
-    from tempint.train import evaluate_module
 
     points = []
     for n in interactions:

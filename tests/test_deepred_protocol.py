@@ -298,11 +298,11 @@ def test_experiment_trains_on_50_partners_and_writes_every_number_of_the_protoco
 def test_an_unknown_option_is_one_sentence_naming_it():
     from omegaconf import OmegaConf
 
-    from tempint.train import _deepred_paper
+    from tempint.eval.session import deepred_paper
 
     cfg = OmegaConf.create({"seed": 0, "deepred_paper": {"histroy": 100}})
     with pytest.raises(ConfigError, match="deepred_paper.histroy is unknown"):
-        _deepred_paper(cfg, None, None, "cpu")
+        deepred_paper(cfg, None, None, "cpu")
 
 
 def test_official_embedding_of_every_event_with_a_window_is_its_own():

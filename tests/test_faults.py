@@ -34,11 +34,12 @@ from tempint.config import BASELINE_NAMES
 from tempint.data import registry
 from tempint.data.events import DuplicateRowsWarning, TimestampUnitWarning, load_events
 from tempint.errors import ConfigError, DataError
+from tempint.eval.session import BASELINES
 from tempint.models.static import StaticEmbedding
 from tempint.module import InteractionModule, NumericalFault
 from tempint.report import main as report_main
 from tempint.resume import ResumeRefused
-from tempint.train import BASELINES, train
+from tempint.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -595,6 +596,6 @@ def test_full_disk_errno_is_an_output_error():
 
 def test_the_heuristics_checked_before_training_are_the_ones_a_run_can_replay():
     from tempint.config import BASELINE_NAMES
-    from tempint.train import BASELINES
+    from tempint.eval.session import BASELINES
 
     assert set(BASELINE_NAMES) == set(BASELINES)

@@ -70,9 +70,9 @@ def lean_config(overrides: list[str], output_dir: str):
 def _report_epoch_before_evaluation() -> None:
     """Print the epoch's numbers as soon as training ends, so a case stopped during its
     evaluation still reports its training rate."""
-    import tempint.train as train_module
+    import tempint.eval.session as session
 
-    evaluate = train_module.evaluate_module
+    evaluate = session.evaluate_module
 
     def evaluate_after_report(module, dm, *args, **kwargs):
         seconds = sum(module.epoch_seconds) / max(1, len(module.epoch_seconds))
@@ -87,7 +87,7 @@ def _report_epoch_before_evaluation() -> None:
         print(PHASE_MARK + json.dumps(epoch), flush=True)
         return evaluate(module, dm, *args, **kwargs)
 
-    train_module.evaluate_module = evaluate_after_report
+    session.evaluate_module = evaluate_after_report
 
 
 def run_train(cfg) -> dict:
@@ -113,8 +113,8 @@ def run_fit(cfg) -> dict:
     import lightning as L
     from hydra.utils import instantiate
 
+    from tempint.eval.session import eval_kind
     from tempint.module import InteractionModule
-    from tempint.train import eval_kind
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     start = time.perf_counter()
