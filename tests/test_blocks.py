@@ -121,6 +121,8 @@ def test_block_ranking_equals_a_one_interaction_at_a_time_replay(name, monkeypat
             plans = dm.exact_plans("val")  # eval_max_batch_size=1: one interaction a step
         evaluator = StreamEvaluator(scorers, ties="average")
         results[kind] = run_stream(model, dm.chunks(plans), evaluator)
+        if kind == "blocks":  # the table carried from block to block is the model's
+            assert torch.equal(evaluator.block_table.table, model.candidate_table().detach())
         memory = getattr(model, "memory", None)
         results[kind + "_memory"] = (
             memory.item if memory is not None else model.candidate_table()

@@ -26,7 +26,7 @@ from tempint.data.batch import Chunk
 from tempint.eval.ranking import exclude_pairs, rank_bounds
 from tempint.models.base import Output
 
-__all__ = ["BlockRanker", "ItemVersions"]
+__all__ = ["BlockRanker", "ItemVersions", "CandidateTable"]
 
 # Queries ranked together against one table: bounds the [rows, versions] overwrite matrix.
 SUB_BLOCK = 256
@@ -66,17 +66,59 @@ class ItemVersions:
         found &= self.item[version] == items
         return torch.where(found[:, None], self.written[version], self.table[items])
 
-    def current(self, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Table before time-ordered row `lo`, and the (row, version) overwrites of rows
-        [lo, hi): version m (lo ≤ m) is current for row k if pos[m] < pos[k] ≤ next[m]."""
-        start = self.position[lo]
-        live = (self.position[:lo] < start) & (self.following[:lo] >= start)
-        table = self.table.clone()
-        table[self.item[:lo][live]] = self.written[:lo][live]
-        pos, nxt = self.position[lo:hi], self.following[lo:hi]
-        valid = (pos[None, :] < pos[:, None]) & (pos[:, None] <= nxt[None, :])
+    def current(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """The (row, version) overwrites of the block-start table for time-ordered rows
+        [lo, hi): version m (m < hi) is current for row k if pos[m] < pos[k] ≤ next[m].
+        The table itself is never copied: at 10^5 items a copy per sub-block cost more
+        than its matmul."""
+        pos = self.position[lo:hi]
+        earlier = self.position[None, :hi] < pos[:, None]
+        valid = earlier & (pos[:, None] <= self.following[None, :hi])
         row, version = valid.nonzero(as_tuple=True)
-        return table, row, version
+        return row, version
+
+    def last_versions(self) -> tuple[Tensor, Tensor]:
+        """(items, rows) of each written item's last version: its row after the block."""
+        last = self.following == torch.iinfo(self.following.dtype).max
+        return self.item[last], self.written[last]
+
+
+class CandidateTable:
+    """The candidate rows [I, d] as of the next block's start, carried from block to block.
+
+    A frozen replay changes a row only for the items a block wrote, so the table and the
+    forms the scorers read (unit rows for "dot", float64 rows and their squared norms for
+    "l2" and "native") are updated in those rows after each block instead of rebuilt from
+    the model: at 10^5 items, rebuilding them cost more than the block's ranking.
+    """
+
+    def __init__(self, table: Tensor) -> None:
+        self.table = table.detach().clone()
+        self._unit: Tensor | None = None
+        self._wide: tuple[Tensor, Tensor] | None = None
+
+    def unit(self) -> Tensor:
+        if self._unit is None:
+            self._unit = F.normalize(self.table.float(), dim=1)
+        return self._unit
+
+    def wide(self) -> tuple[Tensor, Tensor]:
+        """(rows in float64 [I, d], their squared norms [I])."""
+        if self._wide is None:
+            rows = self.table.double()
+            self._wide = (rows, rows.square().sum(1))
+        return self._wide
+
+    def advance(self, items: Tensor, rows: Tensor) -> None:
+        """Rows [n, d] of `items` (distinct) as the block left them."""
+        rows = rows.detach().to(self.table.dtype)
+        self.table[items] = rows
+        if self._unit is not None:
+            self._unit[items] = F.normalize(rows.float(), dim=1)
+        if self._wide is not None:
+            wide = rows.double()
+            self._wide[0][items] = wide
+            self._wide[1][items] = wide.square().sum(1)
 
 
 class BlockRanker:
@@ -88,11 +130,11 @@ class BlockRanker:
     def __init__(
         self,
         scorers: Sequence[str],
-        table: Tensor,
+        table: CandidateTable,
         queries: Callable[[Sequence[Output], ItemVersions], tuple[Tensor, Tensor | None]],
     ) -> None:
         self.scorers = tuple(scorers)
-        self.table = table.detach()
+        self.table = table  # advanced past the block once it is ranked
         self.queries = queries
         self.outputs: list[Output] = []
 
@@ -110,7 +152,7 @@ class BlockRanker:
         item = torch.cat([s.item for s in steps]).long()
         position = torch.cat([s.index for s in steps]).long()
         written = torch.cat([o.written.detach() for o in self.outputs])
-        versions = ItemVersions(self.table, item, position, written)
+        versions = ItemVersions(self.table.table, item, position, written)
         query, bias = self.queries(self.outputs, versions)
         order = torch.argsort(position)
         query, item, position = query.detach()[order], item[order], position[order]
@@ -123,11 +165,13 @@ class BlockRanker:
         parts: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in self.scorers}
         for lo in range(0, item.shape[0], SUB_BLOCK):
             hi = min(lo + SUB_BLOCK, item.shape[0])
-            table, row, version = versions.current(lo, hi)
-            fresh = versions.written[lo:hi]
-            col = versions.item[lo:hi][version]
+            row, version = versions.current(lo, hi)
+            fresh = versions.written[:hi]
+            col = versions.item[version]
             sub_bias = None if bias is None else bias[lo:hi]
-            scores = _scores(self.scorers, query[lo:hi], table, fresh, row, col, version, sub_bias)
+            scores = _scores(
+                self.scorers, query[lo:hi], self.table, fresh, row, col, version, sub_bias
+            )
             mask = keep[lo:hi]
             for scorer, s in scores.items():
                 s = s[mask]
@@ -138,13 +182,14 @@ class BlockRanker:
             s: (torch.cat([b for b, _ in p]), torch.cat([w for _, w in p]))
             for s, p in parts.items()
         }
+        self.table.advance(*versions.last_versions())
         return bounds, tags
 
 
 def _scores(
     scorers: tuple[str, ...],
     query: Tensor,
-    table: Tensor,
+    table: CandidateTable,
     fresh: Tensor,
     row: Tensor,
     col: Tensor,
@@ -155,15 +200,15 @@ def _scores(
     out = {}
     if "dot" in scorers:
         q = F.normalize(query.float(), dim=1)
-        scores = q @ F.normalize(table.float(), dim=1).T
+        scores = q @ table.unit().T
         scores[row, col] = (q @ F.normalize(fresh.float(), dim=1).T)[row, version]
         out["dot"] = scores
     if "l2" in scorers or "native" in scorers:
         q = query.double()
         minus_q_norm = q.square().sum(1, keepdim=True).neg_()
-        t, f = table.double(), fresh.double()
+        (t, t_norm), f = table.wide(), fresh.double()
         # minus the squared distance: 2 q·c − |q|² − |c|²
-        scores = torch.addmm(minus_q_norm, q, t.T, alpha=2.0).sub_(t.square().sum(1))
+        scores = torch.addmm(minus_q_norm, q, t.T, alpha=2.0).sub_(t_norm)
         near = torch.addmm(minus_q_norm, q, f.T, alpha=2.0).sub_(f.square().sum(1))
         scores[row, col] = near[row, version]
         if "l2" in scorers:

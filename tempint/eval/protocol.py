@@ -18,7 +18,7 @@ from torch import Tensor
 
 from tempint.data.batch import TAG_NAMES, Chunk, Interactions, TimeBatch
 from tempint.errors import ConfigError
-from tempint.eval.blocks import BlockRanker
+from tempint.eval.blocks import BlockRanker, CandidateTable
 from tempint.eval.negatives import PositionPairs
 from tempint.eval.ranking import (
     TIES,
@@ -127,6 +127,8 @@ class StreamEvaluator:
         self._buffered = 0
         self.count = 0
         self.device = torch.device(device)
+        # the candidate rows of a frozen block replay, carried across the pass's blocks
+        self.block_table: CandidateTable | None = None
 
     def update(self, output: Output, batch: Interactions, mask: Tensor | None = None) -> None:
         """Rank the step's true items (those `mask` marks, if given) under every scorer.
@@ -351,7 +353,9 @@ def _rank_block(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
         raise ValueError("block chunks rank all items of every step; this protocol needs steps")
     if not set(scorers) <= set(model.block_scorers):
         raise ValueError(f"{type(model).__name__} cannot rank blocks with {', '.join(scorers)}")
-    ranker = BlockRanker(scorers, model.candidate_table(), model.block_queries)
+    if evaluator.block_table is None:  # read once per pass, then carried block to block
+        evaluator.block_table = CandidateTable(model.candidate_table())
+    ranker = BlockRanker(scorers, evaluator.block_table, model.block_queries)
     model.begin_chunk(chunk)
     for step in chunk.steps:
         ranker.add(model(step))
