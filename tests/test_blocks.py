@@ -204,6 +204,7 @@ BOUNDED = {
     "deepred": (lambda u, i: DeePRed(u, i, dim=6, history_k=4, dropout=0.0), "blocks"),
     "tlstm": (lambda u, i: TimeAwareLSTM(u, i, dim=8, attention_size=3), "users"),
     "recency": (lambda u, i: Recency(u, i), "exact"),
+    "recency_runs": (lambda u, i: Recency(u, i), "runs"),
 }
 
 
@@ -224,7 +225,7 @@ def test_a_tiny_score_bound_cuts_steps_and_blocks_and_keeps_every_rank(name):
             dm.bound_scores(max_scores)
         chunks = list(dm.eval_chunks("val", kind))
         rows = [len(step) for chunk in chunks for step in chunk.steps]
-        if kind == "blocks":
+        if kind in ("blocks", "runs"):  # ranked a chunk at once
             rows = [sum(len(step) for step in chunk.steps) for chunk in chunks]
         if max_scores is not None:
             assert max(rows) * dm.num_items <= bound
@@ -239,3 +240,30 @@ def test_a_tiny_score_bound_cuts_steps_and_blocks_and_keeps_every_rank(name):
     for scorer, metrics in free.metrics.items():
         for key, value in metrics.items():
             assert bounded.metrics[scorer][key] == pytest.approx(value, abs=1e-12, nan_ok=True)
+
+
+def test_a_tiny_score_bound_cuts_evaluation_windows_and_keeps_every_rank():
+    """Windowed evaluation (sequence sampler) ranks one row per window at each step: the
+    bound caps the windows of a chunk, and cold windows do not depend on their chunk."""
+    from tempint.data.samplers import SequenceSampler
+
+    torch.manual_seed(0)
+    dm = datamodule_for(repeating_stream(), SequenceSampler(length=6, batch_size=8))
+    model = LiMNet(dm.num_users, dm.num_items, dim=6)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    results = {}
+    for max_scores in (None, 2 * dm.num_items):
+        if max_scores is not None:
+            dm.bound_scores(max_scores)
+        chunks = list(dm.eval_chunks("val"))
+        windows = max(chunk.num_windows for chunk in chunks)
+        assert windows <= 2 if max_scores else windows > 2
+        model.load_state_dict(state)
+        model.reset_state()
+        evaluator = StreamEvaluator(list(model.scorers), ties="average")
+        results[max_scores] = run_stream(model, chunks, evaluator)
+    bounded, free = results[2 * dm.num_items], results[None]
+    assert bounded.count == free.count == dm.split.val_end - dm.split.train_end
+    for scorer, metrics in free.metrics.items():
+        for key, value in metrics.items():
+            assert bounded.metrics[scorer][key] == pytest.approx(value, abs=1e-9, nan_ok=True)

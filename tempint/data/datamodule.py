@@ -330,7 +330,9 @@ class InteractionDataModule(L.LightningDataModule):
             context = self.eval_context
             if context is None:
                 context = self.sampler.length // 2
-            return self.sampler.eval_plan(self._users, self._items, rows.start, rows.stop, context)
+            return self.sampler.eval_plan(
+                self._users, self._items, rows.start, rows.stop, context, self.eval_step_rows()
+            )
         return self.exact_plans(stage)
 
     def bound_scores(self, max_scores: int) -> None:
@@ -425,7 +427,9 @@ class InteractionDataModule(L.LightningDataModule):
             return self._eval_cache[key]
         plans = self.eval_plans_of(stage, kind)
         rows = sum(p.num_interactions for p in plans)
-        if rows * (2 * self.history_k + 24) * 8 > self.EVAL_CACHE_BYTES:
+        features = self.stream.edge_features
+        per_row = (2 * self.history_k + 24) * 8 + (0 if features is None else features[0].nbytes)
+        if rows * per_row > self.EVAL_CACHE_BYTES:
             return (chunk.to(device) for chunk in self.chunks(plans))
         self._eval_cache[key] = [chunk.to(device) for chunk in self.chunks(plans)]
         return self._eval_cache[key]

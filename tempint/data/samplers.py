@@ -234,13 +234,17 @@ class SequenceSampler:
             for lo in range(0, len(starts), self.batch_size)
         ]
 
-    def eval_plan(self, users, items, start: int, end: int, context: int) -> list[ChunkPlan]:
+    def eval_plan(
+        self, users, items, start: int, end: int, context: int, max_windows: int | None = None
+    ) -> list[ChunkPlan]:
         """Sliding windows over [start, end) whose first `context` steps are not scored.
 
         Context may reach back before `start` (into earlier splits, which are the past).
         Every interaction of [start, end) is scored exactly once, with at most
-        `length` − 1 earlier interactions of context.
+        `length` − 1 earlier interactions of context. A chunk holds at most `max_windows`
+        windows (default `batch_size`): each step ranks one row per window.
         """
+        per_chunk = min(self.batch_size, max_windows or self.batch_size)
         length = min(self.length, end)
         context = min(context, length - 1)
         starts, scored_from = [], []
@@ -253,10 +257,10 @@ class SequenceSampler:
         starts = np.asarray(starts, dtype=np.int64)
         scored_from = np.asarray(scored_from, dtype=np.int64)
         plans = []
-        for lo in range(0, len(starts), self.batch_size):
-            plan = window_chunk(users, items, starts[lo : lo + self.batch_size], length)
-            win_start = starts[lo : lo + self.batch_size]
-            win_scored = scored_from[lo : lo + self.batch_size]
+        for lo in range(0, len(starts), per_chunk):
+            plan = window_chunk(users, items, starts[lo : lo + per_chunk], length)
+            win_start = starts[lo : lo + per_chunk]
+            win_scored = scored_from[lo : lo + per_chunk]
             plan.scored = [
                 (win_start + s >= win_scored) & (win_start + s < end) for s in range(length)
             ]
