@@ -87,6 +87,23 @@ class Interactions:
                 out[f.name] = value[idx]
         return Interactions(**out)
 
+    def split(self, sizes: Sequence[int]) -> list[Interactions]:
+        """Consecutive parts of `sizes` rows each, as views of these columns."""
+        columns = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                columns[f.name] = [None] * len(sizes)
+            elif f.name == "tags":
+                per_tag = {k: torch.split(v, list(sizes)) for k, v in value.items()}
+                columns[f.name] = [{k: v[p] for k, v in per_tag.items()} for p in range(len(sizes))]
+            else:
+                columns[f.name] = torch.split(value, list(sizes))
+        return [
+            Interactions(**{name: parts[p] for name, parts in columns.items()})
+            for p in range(len(sizes))
+        ]
+
     @classmethod
     def concat(cls, parts: Sequence[Interactions]) -> Interactions:
         """The rows of several structures one after another (they share their columns)."""

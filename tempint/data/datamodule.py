@@ -111,9 +111,16 @@ def build_stream(
 
 def plan_to_chunk(stream: Interactions, plan: ChunkPlan) -> Chunk:
     """Gather the columns of a plan's interactions (and its window-local row layout)."""
+    # one gather for the whole chunk, then a view per step: a t-batch chunk of a dense
+    # stream holds thousands of steps, and a gather per step and column cost more than
+    # the model's step
+    sizes = [len(idx) for idx in plan.steps]
+    parts = []
+    if sizes:
+        gathered = stream.select(torch.from_numpy(np.concatenate(plan.steps)))
+        parts = gathered.split(sizes) if len(sizes) > 1 else [gathered]
     steps = []
-    for s, idx in enumerate(plan.steps):
-        step = stream.select(torch.from_numpy(idx))
+    for s, step in enumerate(parts):
         if plan.user_rows is not None:
             step = step.with_rows(
                 torch.from_numpy(plan.user_rows[s]), torch.from_numpy(plan.item_rows[s])
