@@ -280,6 +280,39 @@ def test_chunk_path_equals_step_by_step(kw):
     torch.testing.assert_close(i1, i2)
 
 
+def test_chunks_with_repeated_nodes_and_no_detach_equal_step_by_step():
+    """Steps holding a node twice (the last write wins) and two chunks in one graph (as
+    online evaluation keeps until its window ends): the planned path's losses, gradients
+    and memory equal the step-by-step path's."""
+    s = stream([0, 0, 1, 2, 2, 0, 3, 1, 1, 0], [1, 2, 1, 0, 3, 3, 4, 4, 0, 2])
+    chunks = [Chunk(steps=steps_of(s.select(torch.arange(0, 5)), [2, 4])), None]
+    chunks[1] = Chunk(steps=steps_of(s.select(torch.arange(5, 10)), [1, 3]))
+    m = model(static_embeddings=False)
+    m.train()
+    results = []
+    for planned in (True, False):
+        m.zero_grad(set_to_none=True)
+        m.reset_state()
+        total = 0.0
+        for chunk in chunks:
+            if planned:
+                m.begin_chunk(chunk)
+            losses = [m(step).loss for step in chunk.steps]
+            m.end_chunk(chunk)
+            total = total + sum(loss for loss in losses if loss is not None)
+        total.backward()
+        m.detach_state()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        results.append((total.detach(), grads, m.memory.user.clone(), m.memory.item.clone()))
+    (l1, g1, u1, i1), (l2, g2, u2, i2) = results
+    torch.testing.assert_close(l1, l2)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name])
+    torch.testing.assert_close(u1, u2)
+    torch.testing.assert_close(i1, i2)
+
+
 def test_cold_window_equals_a_fresh_replay_of_its_interactions():
     m = model()
     m.eval()

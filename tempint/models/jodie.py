@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
 from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
-from tempint.models.memory import LocalMemory, MemoryState, last_occurrence
+from tempint.models.memory import LocalMemory, MemoryState, RowStore
 
 __all__ = ["JODIE", "CoupledUpdate", "REDUCTIONS"]
 
@@ -146,15 +146,13 @@ class _PlannedChunk:
     """
 
     rows: _Rows
-    written_users: tuple[Tensor, Tensor]  # (global ids, cache slots)
-    written_items: tuple[Tensor, Tensor]
+    written_users: Tensor  # global ids
+    written_items: Tensor
     stash: list[tuple[Tensor, ...]] = field(default_factory=list)
 
 
 @dataclass
 class _PlannedStep:
-    user_slots: Tensor  # [n]
-    item_slots: Tensor  # [n, 2]: target item, previous item (padding row if none)
     delta: Tensor  # [n, 2]
     chunk: _PlannedChunk
     last: bool
@@ -162,23 +160,22 @@ class _PlannedStep:
 
 
 class _GraphCache:
-    """The global-memory rows touched since the last detach, as small differentiable tables.
+    """The node rows touched since the last detach, kept with their graph (`RowStore`).
 
     Reading and writing the global [U, d] buffers inside autograd makes every step's
-    backward build [U, d] gradients. Copying the rows a chunk touches into [R, d] tables
-    once per chunk keeps backward O(R·d). Item row 0 is the padding item (the initial
-    vector, never written). Rows are added chunk by chunk, so gradient flows across
-    chunks until `detach_state` (online evaluation steps once per time window).
+    backward build [U, d] gradients; the store's backward costs the rows a step touches.
+    Item id `num_items` is the padding item (the initial vector, never written). Rows
+    are added chunk by chunk, so gradient flows across chunks until `detach_state`
+    (online evaluation steps once per time window).
     """
 
     def __init__(self, memory: MemoryState) -> None:
         self.memory = memory
-        device = memory.user.device
-        # Slot of each global id; ids not cached point past the end (a read fails loudly).
-        self.user_slot = torch.full((memory.num_users,), 2**62, dtype=torch.long, device=device)
-        self.item_slot = torch.full((memory.num_items,), 2**62, dtype=torch.long, device=device)
-        self.user = memory.user.new_empty(0, memory.dim)
-        self.item = memory.item_init[None].clone()  # row 0: padding item
+        dim, dtype, device = memory.dim, memory.user.dtype, memory.user.device
+        self.padding = memory.num_items
+        self.user = RowStore(memory.num_users, dim, dtype, device)
+        self.item = RowStore(memory.num_items + 1, dim, dtype, device)
+        self.item.append(torch.tensor([self.padding], device=device), memory.item_init[None])
         self.steps: dict[int, _PlannedStep] = {}
 
     def add(self, chunk: Chunk) -> None:
@@ -203,48 +200,47 @@ class _GraphCache:
         rows.step_size = sizes[rows.step_of]
         users = torch.unique(rows.user)
         items = torch.unique(rows.item)
-        self.user = _extend(self.user, self.user_slot, users, self.memory.read_users)
         prev = rows.prev_item
         known = torch.unique(torch.cat((items, prev[prev >= 0])))
-        self.item = _extend(self.item, self.item_slot, known, self.memory.read_items)
-
-        user_slots = self.user_slot[rows.user]
-        prev_slots = torch.where(prev >= 0, self.item_slot[prev.clamp(min=0)], 0)
-        item_slots = torch.stack((self.item_slot[rows.item], prev_slots), dim=1)
-        planned = _PlannedChunk(
-            rows=rows,
-            written_users=(users, self.user_slot[users]),
-            written_items=(items, self.item_slot[items]),
-        )
+        # rows not in the store yet start from the memory (with the graph to the init)
+        for store, ids, read in (
+            (self.user, users, self.memory.read_users),
+            (self.item, known, self.memory.read_items),
+        ):
+            new = ids[store.slot[ids] < 0]
+            store.reserve(new.shape[0] + rows.user.shape[0])
+            if new.numel():
+                store.append(new, read(new))
+        planned = _PlannedChunk(rows=rows, written_users=users, written_items=items)
         start = 0
         for k, step in enumerate(steps):
             part = slice(start, start + len(step))
             start += len(step)
             self.steps[id(step)] = _PlannedStep(
-                user_slots[part], item_slots[part], rows.delta[part], planned,
-                k == len(steps) - 1, step,
-            )  # fmt: skip
+                rows.delta[part], planned, k == len(steps) - 1, step
+            )
 
     def find(self, batch: Interactions) -> _PlannedStep | None:
         step = self.steps.get(id(batch))
         return step if step is not None and step.batch is batch else None
 
+    def read(self, batch: Interactions) -> tuple[Tensor, Tensor, Tensor]:
+        """u(t⁻), i(t⁻) and j(t⁻) of a planned step, with their graph."""
+        prev = torch.where(batch.prev_item >= 0, batch.prev_item, self.padding)
+        both = self.item.read(torch.cat((batch.item, prev)))
+        return self.user.read(batch.user), both[: len(batch)], both[len(batch) :]
+
+    def write(self, batch: Interactions, user: Tensor, item: Tensor) -> None:
+        self.user.append(batch.user, user)  # a node twice in a step: the last wins
+        self.item.append(batch.item, item)
+
     @torch.no_grad()
     def flush(self, planned: _PlannedChunk) -> None:
         """Write the chunk's nodes' latest states to the global memory, detached."""
-        ids, slots = planned.written_users
-        self.memory.write_users(ids, self.user[slots])
-        ids, slots = planned.written_items
-        self.memory.write_items(ids, self.item[slots])
-
-
-def _extend(table: Tensor, slot: Tensor, ids: Tensor, read) -> Tensor:
-    """`table` with rows appended for the `ids` (unique) it does not hold yet."""
-    new = ids[slot[ids] >= table.shape[0]]
-    if new.numel() == 0:
-        return table
-    slot[new] = torch.arange(table.shape[0], table.shape[0] + new.shape[0], device=ids.device)
-    return torch.cat((table, read(new)))
+        ids = planned.written_users
+        self.memory.write_users(ids, self.user.latest(ids))
+        ids = planned.written_items
+        self.memory.write_items(ids, self.item.latest(ids))
 
 
 class JODIE(InteractionModel):
@@ -441,8 +437,7 @@ class JODIE(InteractionModel):
     def _read(self, batch: Interactions, step: _PlannedStep | None) -> tuple[Tensor, ...]:
         """u(t⁻), i(t⁻) and j(t⁻), the previous item's current state (padding: init)."""
         if step is not None:
-            item, previous = self._cache.item[step.item_slots].unbind(1)
-            return self._cache.user[step.user_slots], item, previous
+            return self._cache.read(batch)
         prev = batch.prev_item
         safe = prev.clamp(min=0)
         if self._local is not None:
@@ -476,10 +471,7 @@ class JODIE(InteractionModel):
         self, batch: Interactions, step: _PlannedStep | None, user: Tensor, item: Tensor
     ) -> None:
         if step is not None:
-            users, items = step.user_slots, step.item_slots[:, 0]  # repeats: the last wins
-            cache = self._cache
-            cache.user.index_copy_(0, users, user[last_occurrence(users, cache.user.shape[0])])
-            cache.item.index_copy_(0, items, item[last_occurrence(items, cache.item.shape[0])])
+            self._cache.write(batch, user, item)
             if not self._scoring():  # the global table is written back at the chunk's end
                 return
             user, item = user.detach(), item.detach()

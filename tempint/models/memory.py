@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk
 
-__all__ = ["MemoryState", "LocalMemory", "last_occurrence"]
+__all__ = ["MemoryState", "LocalMemory", "RowStore", "last_occurrence"]
 
 
 def last_occurrence(rows: Tensor, num_rows: int, scratch: Tensor | None = None) -> Tensor:
@@ -334,3 +334,83 @@ def _table(
     if cols is not None:
         table, init = table[:, cols], init[cols]
     return fresh.overlay(None, torch.where(seen[:, None], table, init), cols)
+
+
+class RowStore:
+    """Node rows that thousands of small steps read and rewrite inside one autograd graph,
+    at a backward cost per step of the rows the step touches.
+
+    Rows are only ever appended: a node's row is the latest one appended for it
+    (`slot[id]`), and a step reads the slots as they stand, so the values live in one
+    plain buffer and no step copies the table. Writing rows in place into a
+    differentiable table instead makes every step's backward build a gradient of the
+    whole table: on a t-batch chunk of a dense stream (thousands of t-batches over
+    thousands of rows) that was nine tenths of the epoch.
+
+    Gradients: a read adds its rows' gradient into `grad`; the append that produced
+    those rows hands `grad` of its rows to its values once every later read has run.
+    The order is guaranteed by a chain of empty `token` tensors: every read depends on
+    the token of the latest append, and every append on the one before it.
+    """
+
+    def __init__(self, num_ids: int, dim: int, dtype: torch.dtype, device) -> None:
+        self.values = torch.empty(0, dim, dtype=dtype, device=device)
+        self.grad = torch.empty(0, dim, dtype=dtype, device=device)
+        self.slot = torch.full((num_ids,), -1, dtype=torch.long, device=device)
+        self.size = 0
+        self.token = torch.zeros(0, dtype=dtype, device=device, requires_grad=True)
+        self._scratch = torch.full((num_ids,), -1, dtype=torch.long, device=device)
+
+    def reserve(self, rows: int) -> None:
+        """Room for `rows` more rows (one reallocation per chunk, not per step)."""
+        free = self.values.shape[0] - self.size
+        if free >= rows:
+            return
+        extra = self.values.new_zeros(rows - free, self.values.shape[1])
+        self.values = torch.cat((self.values, extra))
+        self.grad = torch.cat((self.grad, torch.zeros_like(extra)))
+
+    def append(self, ids: Tensor, values: Tensor) -> None:
+        """Rows `values` [n, d] for `ids` [n]; a repeated id keeps its last row."""
+        n = ids.shape[0]
+        self.reserve(n)
+        start = self.size
+        self.token = _Append.apply(self, start, values, self.token)
+        self.size += n
+        last = last_occurrence(ids, self.slot.shape[0], self._scratch)
+        self.slot.index_copy_(0, ids, start + last)
+
+    def read(self, ids: Tensor) -> Tensor:
+        """The latest rows of `ids` (every id must have been appended)."""
+        return _Read.apply(self, self.slot[ids], self.token)
+
+    def latest(self, ids: Tensor) -> Tensor:
+        """The latest rows of `ids`, detached."""
+        return self.values[self.slot[ids]]
+
+
+class _Append(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, store: RowStore, start: int, values: Tensor, token: Tensor) -> Tensor:
+        ctx.store, ctx.start, ctx.rows, ctx.dtype = store, start, values.shape[0], values.dtype
+        store.values[start : start + values.shape[0]] = values.detach().to(store.values.dtype)
+        return token.new_zeros(0)
+
+    @staticmethod
+    def backward(ctx, grad_token: Tensor):
+        grad = ctx.store.grad[ctx.start : ctx.start + ctx.rows].to(ctx.dtype)
+        return None, None, grad, grad_token
+
+
+class _Read(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, store: RowStore, slots: Tensor, token: Tensor) -> Tensor:
+        ctx.store = store
+        ctx.save_for_backward(slots)
+        return store.values[slots]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (slots,) = ctx.saved_tensors
+        ctx.store.grad.index_add_(0, slots, grad.to(ctx.store.grad.dtype))
+        return None, None, grad.new_zeros(0).to(ctx.store.token.dtype)
