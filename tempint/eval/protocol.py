@@ -371,12 +371,11 @@ def score_chunk(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
     if chunk.block:
         _rank_block(model, chunk, evaluator)
         return
-    if chunk.run and model.replays_steps:
+    if chunk.run and model.replays_steps and len(chunk.steps) > 1:  # one step: forward
         model.begin_chunk(chunk)
         output = model.replay_steps(chunk.steps)
         model.end_chunk(chunk)
-        steps = chunk.steps
-        evaluator.update(output, steps[0] if len(steps) == 1 else Interactions.concat(steps))
+        evaluator.update(output, Interactions.concat(chunk.steps))
         return
     model.begin_chunk(chunk)
     for s, step in enumerate(chunk.steps):
