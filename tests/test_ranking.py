@@ -352,3 +352,18 @@ def test_wrong_scorer_is_a_config_error():
         score_output(Output(query=QUERY, candidates=torch.zeros(3, 5)), "dot")
     with pytest.raises(ValueError, match="do not match"):
         score_output(Output(query=QUERY, candidates=torch.zeros(3, 4, 2)), "l2")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.long])
+def test_a_shared_score_row_ranks_as_its_dense_copy(dtype):
+    """Queries sharing one row (`expand`, as popularity scores a step) take the sorted
+    path; ties, NaN and -inf count exactly as in the dense path."""
+    gen = torch.Generator().manual_seed(0)
+    row = torch.randint(0, 5, (40,), generator=gen).to(dtype)
+    if dtype.is_floating_point:
+        row[3], row[7], row[11] = float("nan"), float("-inf"), float("inf")
+    target = torch.arange(40)  # every item once, NaN and -inf targets included
+    shared = row.expand(40, -1)
+    assert shared.stride(0) == 0
+    for got, want in zip(rank_bounds(shared, target), rank_bounds(shared.clone(), target)):
+        assert torch.equal(got, want)

@@ -140,6 +140,8 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
             "expected scores [B, I] and target [B]"
         )
     scores = scores.detach()
+    if scores.shape[0] > 1 and scores.stride(0) == 0:
+        return _shared_row_bounds(scores[0], target.long())
     true = scores.gather(1, target.long().unsqueeze(1))
     if not scores.is_floating_point():
         best = 1 + (scores > true).sum(1)
@@ -153,6 +155,25 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     best = 1 + (scores > true).sum(1)
     worst = best + (scores == true).sum(1) - 1
     worst = torch.where(low.squeeze(1), scores.shape[1], worst)
+    return best, worst
+
+
+def _shared_row_bounds(row: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """`rank_bounds` of queries that share one score row [I] (a popularity heuristic's
+    `expand`): one sort and two binary searches per query instead of a pass over the
+    row per query, the same numbers (NaN and -inf as there)."""
+    values = torch.sort(row[~row.isnan()] if row.is_floating_point() else row).values
+    true = row[target]
+    low = None
+    if row.is_floating_point():
+        low = true.isnan() | (true == float("-inf"))
+        true = torch.where(low, float("-inf"), true)
+    above = values.shape[0] - torch.searchsorted(values, true, right=True)
+    ties = torch.searchsorted(values, true, right=True) - torch.searchsorted(values, true)
+    best = 1 + above
+    worst = best + ties - 1
+    if low is not None:
+        worst = torch.where(low, row.shape[0], worst)
     return best, worst
 
 

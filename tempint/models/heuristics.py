@@ -56,7 +56,9 @@ class Popularity(InteractionModel):
         self.counts.zero_()
 
     def forward(self, batch: Interactions) -> Output:
-        scores = None if self.training else self.counts.expand(len(batch), -1).clone()
+        # one row shared by the step's queries (ranked with one sort), copied before the
+        # update so that no score sees its own interaction
+        scores = None if self.training else self.counts.clone().expand(len(batch), -1)
         self.counts.index_add_(0, batch.item, torch.ones_like(batch.item, dtype=torch.float64))
         return Output(scores=scores)
 
@@ -101,7 +103,7 @@ class RecentPopularity(InteractionModel):
         self.observe_rows(batch.item, batch.t.to(torch.float64))
 
     def forward(self, batch: Interactions) -> Output:
-        scores = None if self.training else self.score.expand(len(batch), -1).clone()
+        scores = None if self.training else self.score.clone().expand(len(batch), -1)
         self.observe(batch)
         return Output(scores=scores)
 
