@@ -216,5 +216,6 @@ def _scores(
         if "native" in scorers:
             if bias is None:
                 raise ValueError("native block ranking needs the model's native biases")
-            out["native"] = scores + bias.double()
+            # a per-row bias ([R, 1], JODIE without static parts) moves no rank
+            out["native"] = scores if bias.shape[1] == 1 else scores + bias.double()
     return out
