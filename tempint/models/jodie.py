@@ -157,6 +157,8 @@ class _PlannedStep:
     chunk: _PlannedChunk
     last: bool
     batch: Interactions
+    reads: Tensor  # [3n] store slots of u(t⁻), i(t⁻), j(t⁻) (written before this step)
+    writes: int  # slot of the step's first written row: n users, then n items
 
 
 class _GraphCache:
@@ -164,18 +166,21 @@ class _GraphCache:
 
     Reading and writing the global [U, d] buffers inside autograd makes every step's
     backward build [U, d] gradients; the store's backward costs the rows a step touches.
-    Item id `num_items` is the padding item (the initial vector, never written). Rows
-    are added chunk by chunk, so gradient flows across chunks until `detach_state`
-    (online evaluation steps once per time window).
+    Users and items share one store: user u is id u, item i is id U + i, and id U + I is
+    the padding item (the initial vector, never written). A chunk's steps are planned when
+    it is added: every row a step writes gets its slot, and every row a step reads is the
+    slot its node was last written to before the step (or held before the chunk), so a
+    step is one read and one append. Rows are added chunk by chunk, so gradient flows
+    across chunks until `detach_state` (online evaluation steps once per time window).
     """
 
     def __init__(self, memory: MemoryState) -> None:
         self.memory = memory
         dim, dtype, device = memory.dim, memory.user.dtype, memory.user.device
-        self.padding = memory.num_items
-        self.user = RowStore(memory.num_users, dim, dtype, device)
-        self.item = RowStore(memory.num_items + 1, dim, dtype, device)
-        self.item.append(torch.tensor([self.padding], device=device), memory.item_init[None])
+        self.items_from = memory.num_users
+        self.padding = memory.num_users + memory.num_items
+        self.store = RowStore(self.padding + 1, dim, dtype, device)
+        self.store.append(torch.tensor([self.padding], device=device), memory.item_init[None])
         self.steps: dict[int, _PlannedStep] = {}
 
     def add(self, chunk: Chunk) -> None:
@@ -193,54 +198,93 @@ class _GraphCache:
             ).to(self.memory.user.dtype),
             state_label=torch.cat([s.state_label for s in steps]),
         )
-        sizes = torch.tensor([len(s) for s in steps], device=rows.user.device)
+        device = rows.user.device
+        sizes = torch.tensor([len(s) for s in steps], device=device)
         rows.step_of = torch.repeat_interleave(
-            torch.arange(len(steps), device=sizes.device), sizes, output_size=len(rows.user)
+            torch.arange(len(steps), device=device), sizes, output_size=len(rows.user)
         )
         rows.step_size = sizes[rows.step_of]
         users = torch.unique(rows.user)
         items = torch.unique(rows.item)
         prev = rows.prev_item
         known = torch.unique(torch.cat((items, prev[prev >= 0])))
-        # rows not in the store yet start from the memory (with the graph to the init)
-        for store, ids, read in (
-            (self.user, users, self.memory.read_users),
-            (self.item, known, self.memory.read_items),
-        ):
-            new = ids[store.slot[ids] < 0]
-            store.reserve(new.shape[0] + rows.user.shape[0])
-            if new.numel():
-                store.append(new, read(new))
+        store = self.store
+        # nodes not in the store yet start from the memory (with the graph to the init)
+        new_users = users[store.slot[users] < 0]
+        new_items = known[store.slot[self.items_from + known] < 0]
+        store.reserve(new_users.shape[0] + new_items.shape[0] + 2 * rows.user.shape[0])
+        if new_users.numel() + new_items.numel():
+            store.append(
+                torch.cat((new_users, self.items_from + new_items)),
+                torch.cat((self.memory.read_users(new_users), self.memory.read_items(new_items))),
+            )
+        reads, writes = self._plan(rows, sizes)
         planned = _PlannedChunk(rows=rows, written_users=users, written_items=items)
         start = 0
         for k, step in enumerate(steps):
-            part = slice(start, start + len(step))
-            start += len(step)
+            n = len(step)
+            part = slice(start, start + n)
             self.steps[id(step)] = _PlannedStep(
-                rows.delta[part], planned, k == len(steps) - 1, step
-            )
+                rows.delta[part], planned, k == len(steps) - 1, step,
+                reads[3 * start : 3 * (start + n)], int(writes[k]),
+            )  # fmt: skip
+            start += n
+
+    def _plan(self, rows: _Rows, sizes: Tensor) -> tuple[Tensor, Tensor]:
+        """Slots every step reads ([3N]: per step its users, items, previous items) and
+        the first slot each step writes ([S]); points the store's ids at their last row."""
+        store, num_steps = self.store, sizes.shape[0]
+        n = rows.user.shape[0]
+        offsets = torch.cumsum(sizes, 0) - sizes
+        writes = store.size + 2 * offsets  # a step appends its users, then its items
+        # every write: (id, step, slot); a node twice in a step keeps its later row
+        position = torch.arange(n, device=sizes.device) - offsets[rows.step_of]
+        first = writes[rows.step_of] + position
+        w_id = torch.cat((rows.user, self.items_from + rows.item))
+        w_step = torch.cat((rows.step_of, rows.step_of))
+        w_slot = torch.cat((first, first + sizes[rows.step_of]))
+        key = w_id * (num_steps + 1) + w_step
+        key, order = torch.sort(key, stable=True)  # a repeat in a step: its later row last
+        w_slot = w_slot[order]
+        # what each step reads, in step order: its users, items and previous items
+        prev = torch.where(rows.prev_item >= 0, self.items_from + rows.prev_item, self.padding)
+        r_id = torch.stack((rows.user, self.items_from + rows.item, prev))  # [3, N]
+        r_key = r_id * (num_steps + 1) + rows.step_of
+        at = torch.searchsorted(key, r_key) - 1  # the last write strictly before the step
+        found = at >= 0
+        found &= key[at.clamp(min=0)] // (num_steps + 1) == r_id
+        found_slots = torch.where(found, w_slot[at.clamp(min=0)], store.slot[r_id])
+        # laid out step by step: a step's users, then its items, then its previous items
+        base = 3 * offsets[rows.step_of] + position
+        reads = torch.empty_like(found_slots.reshape(-1))
+        for c in range(3):
+            reads[base + c * sizes[rows.step_of]] = found_slots[c]
+        # after the chunk each id points at its last row
+        last = torch.ones_like(key, dtype=torch.bool)
+        last[:-1] = key[1:] // (num_steps + 1) != key[:-1] // (num_steps + 1)
+        store.slot[key[last] // (num_steps + 1)] = w_slot[last]
+        return reads, writes
 
     def find(self, batch: Interactions) -> _PlannedStep | None:
         step = self.steps.get(id(batch))
         return step if step is not None and step.batch is batch else None
 
-    def read(self, batch: Interactions) -> tuple[Tensor, Tensor, Tensor]:
+    def read(self, step: _PlannedStep) -> tuple[Tensor, Tensor, Tensor]:
         """u(t⁻), i(t⁻) and j(t⁻) of a planned step, with their graph."""
-        prev = torch.where(batch.prev_item >= 0, batch.prev_item, self.padding)
-        both = self.item.read(torch.cat((batch.item, prev)))
-        return self.user.read(batch.user), both[: len(batch)], both[len(batch) :]
+        return self.store.read_slots(step.reads).chunk(3)
 
-    def write(self, batch: Interactions, user: Tensor, item: Tensor) -> None:
-        self.user.append(batch.user, user)  # a node twice in a step: the last wins
-        self.item.append(batch.item, item)
+    def write(self, step: _PlannedStep, user: Tensor, item: Tensor) -> None:
+        start = self.store.append_rows(torch.cat((user, item)))
+        if start != step.writes:
+            raise RuntimeError("a planned step was written out of order")
 
     @torch.no_grad()
     def flush(self, planned: _PlannedChunk) -> None:
         """Write the chunk's nodes' latest states to the global memory, detached."""
         ids = planned.written_users
-        self.memory.write_users(ids, self.user.latest(ids))
+        self.memory.write_users(ids, self.store.latest(ids))
         ids = planned.written_items
-        self.memory.write_items(ids, self.item.latest(ids))
+        self.memory.write_items(ids, self.store.latest(self.items_from + ids))
 
 
 class JODIE(InteractionModel):
@@ -437,7 +481,7 @@ class JODIE(InteractionModel):
     def _read(self, batch: Interactions, step: _PlannedStep | None) -> tuple[Tensor, ...]:
         """u(t⁻), i(t⁻) and j(t⁻), the previous item's current state (padding: init)."""
         if step is not None:
-            return self._cache.read(batch)
+            return self._cache.read(step)
         prev = batch.prev_item
         safe = prev.clamp(min=0)
         if self._local is not None:
@@ -471,7 +515,7 @@ class JODIE(InteractionModel):
         self, batch: Interactions, step: _PlannedStep | None, user: Tensor, item: Tensor
     ) -> None:
         if step is not None:
-            self._cache.write(batch, user, item)
+            self._cache.write(step, user, item)
             if not self._scoring():  # the global table is written back at the chunk's end
                 return
             user, item = user.detach(), item.detach()

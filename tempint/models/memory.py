@@ -372,17 +372,27 @@ class RowStore:
 
     def append(self, ids: Tensor, values: Tensor) -> None:
         """Rows `values` [n, d] for `ids` [n]; a repeated id keeps its last row."""
-        n = ids.shape[0]
+        start = self.append_rows(values)
+        last = last_occurrence(ids, self.slot.shape[0], self._scratch)
+        self.slot.index_copy_(0, ids, start + last)
+
+    def append_rows(self, values: Tensor) -> int:
+        """Append rows without pointing any id at them (a caller that planned its slots
+        points them itself); returns the first row's slot."""
+        n = values.shape[0]
         self.reserve(n)
         start = self.size
         self.token = _Append.apply(self, start, values, self.token)
         self.size += n
-        last = last_occurrence(ids, self.slot.shape[0], self._scratch)
-        self.slot.index_copy_(0, ids, start + last)
+        return start
 
     def read(self, ids: Tensor) -> Tensor:
         """The latest rows of `ids` (every id must have been appended)."""
-        return _Read.apply(self, self.slot[ids], self.token)
+        return self.read_slots(self.slot[ids])
+
+    def read_slots(self, slots: Tensor) -> Tensor:
+        """The rows at `slots`, with their graph."""
+        return _Read.apply(self, slots, self.token)
 
     def latest(self, ids: Tensor) -> Tensor:
         """The latest rows of `ids`, detached."""
