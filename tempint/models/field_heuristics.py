@@ -91,6 +91,8 @@ class StepRun:
             return parts[0] if len(parts) == 1 else torch.cat(parts)
 
         user, item, t = cat("user").long(), cat("item").long(), cat("t").to(torch.float64)
+        if len(steps) == 1:
+            return cls(user, item, t, torch.zeros_like(user), 1)
         sizes = torch.tensor([len(s) for s in steps], device=user.device)
         step = torch.repeat_interleave(torch.arange(len(steps), device=user.device), sizes)
         return cls(user, item, t, step, len(steps))
@@ -144,12 +146,13 @@ def pair_values_before(table: PairTable, run: StepRun) -> list[tuple[Tensor, Ten
     new_user[1:] = sorted_user[1:] != sorted_user[:-1]
     ordinal = torch.arange(n, device=run.user.device)
     group_start = torch.cummax(torch.where(new_user, ordinal, 0), 0).values
-    group_size = torch.bincount(torch.cumsum(new_user, 0) - 1)[torch.cumsum(new_user, 0) - 1]
+    group = torch.cumsum(new_user, 0) - 1
+    group_size = torch.bincount(group)[group]
     place = torch.empty_like(ordinal)
     place[by_user] = ordinal - group_start
     start_of, size_of = torch.empty_like(ordinal), torch.empty_like(ordinal)
     start_of[by_user], size_of[by_user] = group_start, group_size
-    # the run's events per pair, in step order, with the running merge of each pair's
+    # the run's events grouped by pair, in step order, each merged with the pair's before
     events, by_pair = torch.sort(run.user * num_items + run.item, stable=True)
     first = torch.ones(n, dtype=torch.bool, device=run.user.device)
     first[1:] = events[1:] != events[:-1]
