@@ -305,7 +305,9 @@ class UserFrequency(_PairModel):
         )
         later = run.step + 1 < run.num_steps  # the last step's rows are seen by no step
         terms[run.step[later] + 1, run.item[later]] = (run.t[later] - end) / tau
-        counts = torch.logcumsumexp(terms, 0).add_(((end - ref) / tau)[:, None]).exp_()
+        counts = torch.logcumsumexp(terms, 0)
+        del terms  # [S, I]: one of them at a time
+        counts.add_(((end - ref) / tau)[:, None]).exp_()
         return counts.add_(pop.score * torch.exp(-(ref - pop.ref_t) / tau)[:, None])
 
     def _run_scores(self, run: StepRun) -> Tensor:
@@ -314,7 +316,7 @@ class UserFrequency(_PairModel):
             out = (pop / (pop.max() + 1.0)).expand(len(run.user), -1).clone()  # [0, 1)
         else:
             pop = self._popularity_before_steps(run)
-            out = (pop / (pop.max(dim=1, keepdim=True).values + 1.0))[run.step]
+            out = pop.div_(pop.max(dim=1, keepdim=True).values + 1.0)[run.step]
         for rows, items, values in pair_values_before(self.pairs, run):
             ref, log_count = values[:, 0], values[:, 1]
             log_count = log_count - (run.t[rows] - ref) / self.decay_seconds
@@ -352,7 +354,7 @@ class PopularityUnseen(_PairModel):
                 torch.ones_like(run.t[later]),
                 accumulate=True,
             )
-            out = torch.cumsum(added, 0).add_(self.counts)[run.step]
+            out = added.cumsum_(0).add_(self.counts)[run.step]
         for rows, items, _ in pair_values_before(self.pairs, run):
             out[rows, items] = -1.0
         return out
