@@ -246,3 +246,12 @@ def test_state_after_many_steps_is_the_state_after_one(name, monkeypatch):
     assert len(want["pair keys"]) == len(set(zip(stream.user.tolist(), stream.item.tolist())))
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-12, atol=1e-12, msg=key)
+
+
+@pytest.mark.parametrize("user, item", [([0, 0], [1, 2]), ([0, 1], [2, 2])])
+def test_a_run_whose_step_is_not_exact_is_refused(user, item):
+    model = UserFrequency(2, 4)
+    _feed(model, [0], [1], [0.0])
+    run = [hand_made([1], [0], [1.0]), hand_made(user, item, [2.0, 2.0])]
+    with torch.no_grad(), pytest.raises(ValueError, match="twice in one step"):
+        model.replay_steps(run)

@@ -148,6 +148,9 @@ def pair_values_before(table: PairTable, run: StepRun) -> list[tuple[Tensor, Ten
     group_start = torch.cummax(torch.where(new_user, ordinal, 0), 0).values
     group = torch.cumsum(new_user, 0) - 1
     group_size = torch.bincount(group)[group]
+    in_steps = run.step[by_user]
+    if bool((in_steps[1:] == in_steps[:-1])[~new_user[1:]].any()):
+        raise ValueError("a run of steps holds a user twice in one step; its steps must be exact")
     place = torch.empty_like(ordinal)
     place[by_user] = ordinal - group_start
     start_of, size_of = torch.empty_like(ordinal), torch.empty_like(ordinal)
@@ -298,6 +301,10 @@ class UserFrequency(_PairModel):
         time seen), summed in log space over the run's earlier steps (no item is twice in
         a step, so a step adds at most one term per item)."""
         tau, pop = self.decay_seconds, self.popularity
+        if torch.unique(run.step * self.num_items + run.item).numel() < run.item.numel():
+            raise ValueError(
+                "a run of steps holds an item twice in one step; its steps must be exact"
+            )
         ref = run.before_steps(pop.ref_t, run.step_max(run.t))  # [S]
         end = torch.maximum(ref[-1], run.t.max())
         terms = torch.full(
