@@ -4,74 +4,216 @@
 now), `EdgeBank` (TGB's: 1 for a pair seen before, unlimited or within a time window, 0
 otherwise) and `PopularityUnseen` (popularity among the items the user has not had yet:
 the natural bar on repeat-free data). Their state grows with the distinct pairs, never
-with users × items: a sorted key user · I + item per pair and one or two values beside
-it. Updates are order-free (latest times, decayed sums at a shared reference), so one
-forward over any step is exact (`step_updates_commute`).
+with users × items: a two-level sorted `PairTable`, so a step's update touches the new
+pairs and a small recent level, never a re-sort of every pair. Updates are order-free
+(latest times, counts, decayed sums merged by an associative rule), so one forward over
+any step is exact (`step_updates_commute`).
+
+Frozen evaluation hands them runs of many tiny exact steps at once (`replay_steps`):
+each interaction is scored from the table at the run's start combined with the run's
+own events of earlier steps, and item counts from exclusive sums over the steps, all
+vectorised over the run; the table then takes the whole run in one update.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from tempint.data.batch import Interactions
 from tempint.models.base import InteractionModel, Output
+from tempint.models.components.pairs import PairTable
 from tempint.models.heuristics import RecentPopularity
 
-__all__ = ["UserFrequency", "EdgeBank", "PopularityUnseen", "merge_pairs", "user_pairs"]
+__all__ = [
+    "UserFrequency",
+    "EdgeBank",
+    "PopularityUnseen",
+    "DecayedPairCounts",
+    "StepRun",
+    "pair_values_before",
+    "segmented_scan",
+]
 
 EDGEBANK_MEMORY = ("unlimited", "time_window")
 
 
-def merge_pairs(
-    keys: Tensor, values: Tensor, new_keys: Tensor, new_values: Tensor, reduce: str
-) -> tuple[Tensor, Tensor]:
-    """Sorted distinct keys and their values, `reduce` ("amax", "sum") over repeats."""
-    all_keys, inverse = torch.unique(torch.cat([keys, new_keys]), sorted=True, return_inverse=True)
-    out = torch.zeros(all_keys.shape[0], dtype=values.dtype, device=values.device)
-    out.scatter_reduce_(0, inverse, torch.cat([values, new_values]), reduce, include_self=False)
-    return all_keys, out
+class DecayedPairCounts(PairTable):
+    """Per pair its reference time (latest interaction) and the log of its decayed count
+    Σ_j exp(−(ref − t_j)/τ) there: in log space, so no old count underflows into a tie."""
+
+    def __init__(self, num_cols: int, decay_seconds: float) -> None:
+        super().__init__(num_cols)
+        self.decay_seconds = float(decay_seconds)
+
+    def missing(self, n: int, device=None) -> Tensor:
+        return torch.full((n, 2), float("-inf"), dtype=torch.float64, device=device)
+
+    def event_values(self, t: Tensor | None, n: int, device=None) -> Tensor:
+        out = torch.zeros(n, 2, dtype=torch.float64, device=device)  # count 1: log 0
+        out[:, 0] = t.to(torch.float64)
+        return out
+
+    def summarise(self, values: Tensor, inverse: Tensor, size: int) -> Tensor:
+        ref = torch.full((size,), float("-inf"), dtype=torch.float64, device=values.device)
+        ref.scatter_reduce_(0, inverse, values[:, 0], reduce="amax")
+        terms = values[:, 1] - (ref[inverse] - values[:, 0]) / self.decay_seconds
+        top = torch.full_like(ref, float("-inf")).scatter_reduce_(0, inverse, terms, "amax")
+        total = torch.zeros_like(ref).index_add_(0, inverse, torch.exp(terms - top[inverse]))
+        return torch.stack((ref, top + total.log()), dim=1)
+
+    def combine(self, a: Tensor, b: Tensor) -> Tensor:
+        ref = torch.maximum(a[:, 0], b[:, 0])
+        at_ref = [
+            torch.where(x[:, 0] == ref, x[:, 1], x[:, 1] - (ref - x[:, 0]) / self.decay_seconds)
+            for x in (a, b)
+        ]  # a missing entry (-inf, -inf) stays -inf, never -inf - -inf
+        return torch.stack((ref, torch.logaddexp(*at_ref)), dim=1)
 
 
-def user_pairs(keys: Tensor, users: Tensor, num_items: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The pairs of each query's user: (row in `users`, slot in `keys`, item), flat."""
-    lo = torch.searchsorted(keys, users * num_items)
-    hi = torch.searchsorted(keys, (users + 1) * num_items)
-    counts = hi - lo
-    rows = torch.repeat_interleave(torch.arange(len(users), device=keys.device), counts)
-    slots = torch.arange(rows.numel(), device=keys.device) + torch.repeat_interleave(
-        lo - (counts.cumsum(0) - counts), counts
+@dataclass
+class StepRun:
+    """Consecutive steps as one set of rows: `step` [K] says which step each row is in."""
+
+    user: Tensor
+    item: Tensor
+    t: Tensor  # float64
+    step: Tensor
+    num_steps: int
+
+    @classmethod
+    def of(cls, steps: Sequence[Interactions]) -> StepRun:
+        def cat(name):
+            parts = [getattr(s, name) for s in steps]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        user, item, t = cat("user").long(), cat("item").long(), cat("t").to(torch.float64)
+        if len(steps) == 1:
+            return cls(user, item, t, torch.zeros_like(user), 1)
+        sizes = torch.tensor([len(s) for s in steps], device=user.device)
+        step = torch.repeat_interleave(torch.arange(len(steps), device=user.device), sizes)
+        return cls(user, item, t, step, len(steps))
+
+    def before_steps(self, start: Tensor, per_step: Tensor) -> Tensor:
+        """[S] running maximum of `start` and `per_step` over the steps before each."""
+        shifted = torch.cat((start.reshape(1), per_step[:-1]))
+        return torch.cummax(shifted, 0).values
+
+    def step_max(self, values: Tensor) -> Tensor:
+        """[S] the largest of `values` [K] in each step."""
+        out = values.new_full((self.num_steps,), float("-inf"))
+        return out.scatter_reduce_(0, self.step, values, reduce="amax")
+
+
+def segmented_scan(values: Tensor, first: Tensor, combine: Callable) -> Tensor:
+    """Inclusive scan of `values` [E, W] with the associative `combine`, restarted where
+    `first` [E] is True: log2(longest segment) vectorised rounds."""
+    n = values.shape[0]
+    position = torch.arange(n, device=values.device)
+    start = torch.cummax(torch.where(first, position, 0), 0).values
+    longest = int((position - start).max()) + 1 if n else 0  # one sync per run
+    out, reach = values, 1
+    while reach < longest:
+        target = position[reach:][position[reach:] - reach >= start[reach:]]
+        out = out.clone()
+        out[target] = combine(out[target - reach], out[target])
+        reach *= 2
+    return out
+
+
+def pair_values_before(table: PairTable, run: StepRun) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """The entry of every pair (row's user, item) as each row's step sees it: the table
+    at the run's start merged with the run's own interactions of earlier steps.
+
+    Pieces (row [M], item [M], values [M, width]) to be written in order, a later piece
+    over an earlier one: first the table's pairs of each row's user, then the pairs the
+    run's earlier steps gave the row's user (merged with the table's entry). A row of
+    user u needs the run's events of u only, and a user is at most once in a step, so
+    the second piece has one entry per (row, item) cell: never more than the scores.
+    """
+    which, col, values = table.row_values(run.user)
+    pieces = [(which, col, values)]
+    if run.num_steps < 2:
+        return pieces
+    n, num_items = run.user.shape[0], table.num_cols
+    # each row's place among its user's rows of the run (steps in order: stable sort)
+    by_user = torch.sort(run.user, stable=True).indices
+    sorted_user = run.user[by_user]
+    new_user = torch.ones(n, dtype=torch.bool, device=run.user.device)
+    new_user[1:] = sorted_user[1:] != sorted_user[:-1]
+    ordinal = torch.arange(n, device=run.user.device)
+    group_start = torch.cummax(torch.where(new_user, ordinal, 0), 0).values
+    group = torch.cumsum(new_user, 0) - 1
+    group_size = torch.bincount(group)[group]
+    in_steps = run.step[by_user]
+    if bool((in_steps[1:] == in_steps[:-1])[~new_user[1:]].any()):
+        raise ValueError("a run of steps holds a user twice in one step; its steps must be exact")
+    place = torch.empty_like(ordinal)
+    place[by_user] = ordinal - group_start
+    start_of, size_of = torch.empty_like(ordinal), torch.empty_like(ordinal)
+    start_of[by_user], size_of[by_user] = group_start, group_size
+    # the run's events grouped by pair, in step order, each merged with the pair's before
+    events, by_pair = torch.sort(run.user * num_items + run.item, stable=True)
+    first = torch.ones(n, dtype=torch.bool, device=run.user.device)
+    first[1:] = events[1:] != events[:-1]
+    pair = torch.cumsum(first, 0) - 1
+    merged = segmented_scan(
+        table.event_values(run.t[by_pair], n, run.t.device), first, table.combine
     )
-    return rows, slots, keys[slots] % num_items
+    # cells: each pair's user's rows after the pair's first event
+    opener = by_pair[first]
+    later = size_of[opener] - 1 - place[opener]
+    cell_pair = torch.repeat_interleave(torch.arange(opener.shape[0], device=opener.device), later)
+    offset = torch.arange(cell_pair.shape[0], device=opener.device) - torch.repeat_interleave(
+        torch.cumsum(later, 0) - later, later
+    )
+    cell_place = place[opener][cell_pair] + 1 + offset
+    cell_row = by_user[start_of[opener][cell_pair] + cell_place]
+    # the pair's last event before the cell's row: its rows are its user's, placed in order
+    event_code = pair * n + place[by_pair]
+    last = torch.searchsorted(event_code, cell_pair * n + cell_place) - 1
+    cell_item = run.item[opener][cell_pair]
+    at_start = table.find(run.user[cell_row], cell_item)
+    pieces.append((cell_row, cell_item, table.combine(at_start, merged[last])))
+    return pieces
 
 
 class _PairModel(InteractionModel):
-    """Base of the pair-table heuristics: keys of the pairs seen, sorted."""
+    """Base of the pair-table heuristics: a table of the pairs seen, scores for a run of
+    steps from `_run_scores` (one step is a run of one)."""
 
     scorers = ("native",)
     learned = False
     step_updates_commute = True
+    replays_steps = True
 
-    def __init__(self, num_users: int, num_items: int):
+    def __init__(self, num_users: int, num_items: int, pairs: PairTable | None = None):
         super().__init__(num_users, num_items)
-        self.register_buffer("pair_key", torch.zeros(0, dtype=torch.long))
+        self.pairs = PairTable(num_items) if pairs is None else pairs
 
     def reset_state(self) -> None:
-        self.pair_key = self.pair_key.new_zeros(0)
-
-    def _keys(self, batch: Interactions) -> Tensor:
-        return batch.user.long() * self.num_items + batch.item.long()
+        self.pairs.reset_state()
 
     def forward(self, batch: Interactions) -> Output:
-        scores = None if self.training else self.scores(batch)
+        scores = None if self.training else self._run_scores(StepRun.of([batch]))
         self.observe(batch)
         return Output(scores=scores)
 
-    def scores(self, batch: Interactions) -> Tensor:  # pragma: no cover - abstract
+    @torch.no_grad()
+    def replay_steps(self, steps: Sequence[Interactions]) -> Output:
+        run = StepRun.of(steps)
+        scores = self._run_scores(run)
+        self.observe(steps[0] if len(steps) == 1 else Interactions.concat(steps))
+        return Output(scores=scores)
+
+    def _run_scores(self, run: StepRun) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def observe(self, batch: Interactions) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def observe(self, batch: Interactions) -> None:
+        self.pairs.observe(batch.user, batch.item, batch.t)
 
 
 class EdgeBank(_PairModel):
@@ -99,35 +241,34 @@ class EdgeBank(_PairModel):
             raise ValueError(f"model.window_ratio={window_ratio} must be in (0, 1]")
         self.memory = memory
         self.window_ratio = float(window_ratio)
-        self.register_buffer("pair_t", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("t_min", torch.tensor(float("inf"), dtype=torch.float64))
         self.register_buffer("t_max", torch.tensor(float("-inf"), dtype=torch.float64))
         self.register_buffer("duration", torch.tensor(-1.0, dtype=torch.float64))
 
     def reset_state(self) -> None:
         super().reset_state()
-        self.pair_t = self.pair_t.new_zeros(0)
         self.t_min.fill_(float("inf"))
         self.t_max.fill_(float("-inf"))
         self.duration.fill_(-1.0)
 
     def observe(self, batch: Interactions) -> None:
+        super().observe(batch)
         t = batch.t.to(torch.float64)
-        self.pair_key, self.pair_t = merge_pairs(
-            self.pair_key, self.pair_t, self._keys(batch), t, "amax"
-        )
         self.t_min.copy_(torch.minimum(self.t_min, t.min()))
         self.t_max.copy_(torch.maximum(self.t_max, t.max()))
 
-    def scores(self, batch: Interactions) -> Tensor:
-        out = torch.zeros(len(batch), self.num_items, dtype=torch.float64, device=batch.t.device)
-        rows, slots, items = user_pairs(self.pair_key, batch.user.long(), self.num_items)
+    def _run_scores(self, run: StepRun) -> Tensor:
+        out = torch.zeros(len(run.user), self.num_items, dtype=torch.float64, device=run.t.device)
         if self.memory == "time_window":
             if float(self.duration) < 0:
                 self.duration.copy_(self.window_ratio * (self.t_max - self.t_min))
-            live = self.pair_t[slots] >= self.t_max - self.duration
-            rows, items = rows[live], items[live]
-        out[rows, items] = 1.0
+            t_max = run.before_steps(self.t_max, run.step_max(run.t))  # latest seen, per step
+            oldest = (t_max - self.duration)[run.step]
+        for rows, items, values in pair_values_before(self.pairs, run):
+            if self.memory == "time_window":
+                live = values[:, 0] >= oldest[rows]
+                rows, items = rows[live], items[live]
+            out[rows, items] = 1.0
         return out
 
 
@@ -140,44 +281,53 @@ class UserFrequency(_PairModel):
     """
 
     def __init__(self, num_users: int, num_items: int, decay_seconds: float = 86_400.0):
-        super().__init__(num_users, num_items)
         if not decay_seconds > 0:
             raise ValueError(f"model.decay_seconds={decay_seconds} must be positive seconds")
+        super().__init__(num_users, num_items, DecayedPairCounts(num_items, decay_seconds))
         self.decay_seconds = float(decay_seconds)
         self.popularity = RecentPopularity(num_users, num_items, decay_seconds)
-        self.register_buffer("pair_log_count", torch.zeros(0, dtype=torch.float64))
-        self.register_buffer("pair_ref", torch.zeros(0, dtype=torch.float64))
 
     def reset_state(self) -> None:
         super().reset_state()
-        self.pair_log_count = self.pair_log_count.new_zeros(0)
-        self.pair_ref = self.pair_ref.new_zeros(0)
         self.popularity.reset_state()
 
     def observe(self, batch: Interactions) -> None:
-        """Log-space sums, so that no count underflows: a touched pair's reference moves
-        to its latest time and its old sum is decayed to it."""
         self.popularity.observe(batch)
-        t = batch.t.to(torch.float64)
-        keys = self._keys(batch)
-        new_keys, ref = merge_pairs(self.pair_key, self.pair_ref, keys, t, "amax")
-        old = torch.searchsorted(new_keys, self.pair_key)
-        carried = torch.full_like(ref, float("-inf"))
-        carried[old] = self.pair_log_count - (ref[old] - self.pair_ref) / self.decay_seconds
-        slot = torch.searchsorted(new_keys, keys)
-        added = -(ref[slot] - t) / self.decay_seconds  # <= 0
-        top = carried.clone().scatter_reduce_(0, slot, added, "amax", include_self=True)
-        total = torch.exp(carried - top)
-        total.index_add_(0, slot, torch.exp(added - top[slot]))
-        self.pair_key, self.pair_ref, self.pair_log_count = new_keys, ref, top + total.log()
+        super().observe(batch)
 
-    def scores(self, batch: Interactions) -> Tensor:
-        pop = self.popularity.current()
-        out = (pop / (pop.max() + 1.0)).expand(len(batch), -1).clone()  # [0, 1)
-        rows, slots, items = user_pairs(self.pair_key, batch.user.long(), self.num_items)
-        t = batch.t.to(torch.float64)[rows]
-        log_count = self.pair_log_count[slots] - (t - self.pair_ref[slots]) / self.decay_seconds
-        out[rows, items] = 3.0 + log_count / (1.0 + log_count.abs())  # seen items in (2, 4)
+    def _popularity_before_steps(self, run: StepRun) -> Tensor:
+        """[S, I] the decayed item counts each step is scored from, as
+        `RecentPopularity` holds them before the step: at its reference time (the latest
+        time seen), summed in log space over the run's earlier steps (no item is twice in
+        a step, so a step adds at most one term per item)."""
+        tau, pop = self.decay_seconds, self.popularity
+        if torch.unique(run.step * self.num_items + run.item).numel() < run.item.numel():
+            raise ValueError(
+                "a run of steps holds an item twice in one step; its steps must be exact"
+            )
+        ref = run.before_steps(pop.ref_t, run.step_max(run.t))  # [S]
+        end = torch.maximum(ref[-1], run.t.max())
+        terms = torch.full(
+            (run.num_steps, self.num_items), float("-inf"), dtype=torch.float64, device=ref.device
+        )
+        later = run.step + 1 < run.num_steps  # the last step's rows are seen by no step
+        terms[run.step[later] + 1, run.item[later]] = (run.t[later] - end) / tau
+        counts = torch.logcumsumexp(terms, 0)
+        del terms  # [S, I]: one of them at a time
+        counts.add_(((end - ref) / tau)[:, None]).exp_()
+        return counts.add_(pop.score * torch.exp(-(ref - pop.ref_t) / tau)[:, None])
+
+    def _run_scores(self, run: StepRun) -> Tensor:
+        if run.num_steps == 1:
+            pop = self.popularity.current()
+            out = (pop / (pop.max() + 1.0)).expand(len(run.user), -1).clone()  # [0, 1)
+        else:
+            pop = self._popularity_before_steps(run)
+            out = pop.div_(pop.max(dim=1, keepdim=True).values + 1.0)[run.step]
+        for rows, items, values in pair_values_before(self.pairs, run):
+            ref, log_count = values[:, 0], values[:, 1]
+            log_count = log_count - (run.t[rows] - ref) / self.decay_seconds
+            out[rows, items] = 3.0 + log_count / (1.0 + log_count.abs())  # seen: in (2, 4)
         return out
 
 
@@ -195,11 +345,23 @@ class PopularityUnseen(_PairModel):
 
     def observe(self, batch: Interactions) -> None:
         self.counts.index_add_(0, batch.item, torch.ones_like(batch.item, dtype=torch.float64))
-        keys = self._keys(batch)
-        self.pair_key = torch.unique(torch.cat([self.pair_key, keys]), sorted=True)
+        super().observe(batch)
 
-    def scores(self, batch: Interactions) -> Tensor:
-        out = self.counts.expand(len(batch), -1).clone()
-        rows, _, items = user_pairs(self.pair_key, batch.user.long(), self.num_items)
-        out[rows, items] = -1.0
+    def _run_scores(self, run: StepRun) -> Tensor:
+        if run.num_steps == 1:
+            out = self.counts.expand(len(run.user), -1).clone()
+        else:
+            # counts before each step: the run's earlier steps summed, exclusively
+            added = torch.zeros(
+                run.num_steps, self.num_items, dtype=torch.float64, device=run.t.device
+            )
+            later = run.step + 1 < run.num_steps
+            added.index_put_(
+                (run.step[later] + 1, run.item[later]),
+                torch.ones_like(run.t[later]),
+                accumulate=True,
+            )
+            out = added.cumsum_(0).add_(self.counts)[run.step]
+        for rows, items, _ in pair_values_before(self.pairs, run):
+            out[rows, items] = -1.0
         return out

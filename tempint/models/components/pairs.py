@@ -9,6 +9,12 @@ searches, and every lookup and update is a vectorised torch op.
 New pairs first go to a small sorted `recent` level that is merged into the main level
 once it holds an eighth of it: inserting into one sorted array would copy all P pairs
 at every step, which on a stream of small exact steps costs more than the step itself.
+
+What a pair keeps is `PairTable`'s (last time, count) unless a subclass says otherwise:
+`width` values per pair, `event_values` of one interaction, `summarise` for a step's
+repeats of a pair and `combine` for two entries of one pair. Both must be order-free
+(associative and commutative), so a step's update never depends on the order of its
+rows, and one update with many steps equals one per step.
 """
 
 from __future__ import annotations
@@ -27,17 +33,19 @@ class PairTable(nn.Module):
     """Last time and number of occurrences of each (row, col) pair seen so far.
 
     Buffers (carried by `.to()` and checkpoints, sized by the number of distinct pairs),
-    per level (main, and `recent_*`): `keys` [P] int64 sorted and `values` [P, 2] float64,
-    the pair's last time (-inf when no time was given) and count. A pair is in one level
-    only.
+    per level (main, and `recent_*`): `keys` [P] int64 sorted and `values` [P, width]
+    float64, here the pair's last time (-inf when no time was given) and count. A pair is
+    in one level only.
     """
+
+    width = 2
 
     def __init__(self, num_cols: int) -> None:
         super().__init__()
         self.num_cols = int(num_cols)
         for prefix in ("", "recent_"):
             self.register_buffer(prefix + "keys", torch.zeros(0, dtype=torch.long))
-            self.register_buffer(prefix + "values", torch.zeros(0, 2, dtype=torch.float64))
+            self.register_buffer(prefix + "values", torch.zeros(0, self.width, dtype=torch.float64))
 
     def __len__(self) -> int:
         return int(self.keys.shape[0] + self.recent_keys.shape[0])
@@ -59,27 +67,64 @@ class PairTable(nn.Module):
     def _level(self, prefix: str) -> tuple[Tensor, Tensor]:
         return tuple(getattr(self, prefix + name) for name in FIELDS)
 
+    # ---- what a pair keeps -------------------------------------------------------------------
+    def missing(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """The values [n, width] of a pair never seen: no time (-inf), count 0."""
+        out = torch.zeros(n, self.width, dtype=torch.float64, device=device)
+        out[:, 0] = float("-inf")
+        return out
+
+    def event_values(self, t: Tensor | None, n: int, device=None) -> Tensor:
+        """The values [n, width] of single interactions at times `t` (None: no time)."""
+        out = self.missing(n, device)
+        if t is not None:
+            out[:, 0] = t.to(torch.float64)
+        out[:, 1] = 1.0
+        return out
+
+    def summarise(self, values: Tensor, inverse: Tensor, size: int) -> Tensor:
+        """One entry [size, width] per distinct pair from the entries [N, width] of its
+        repeats (`inverse`: the distinct pair of each)."""
+        out = self.missing(size, values.device)
+        out[:, 0].scatter_reduce_(0, inverse, values[:, 0], reduce="amax")
+        out[:, 1].index_add_(0, inverse, values[:, 1])
+        return out
+
+    def combine(self, a: Tensor, b: Tensor) -> Tensor:
+        """Two entries [N, width] of the same pairs as one: the later time, the counts summed."""
+        return torch.stack((torch.maximum(a[:, 0], b[:, 0]), a[:, 1] + b[:, 1]), dim=1)
+
     # ---- reading ---------------------------------------------------------------------------
-    def lookup(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
-        """(count [N], last time [N]) of each (row, col) pair: 0 and -inf if never seen."""
+    def find(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """The values [N, width] of each (row, col) pair; `missing` if never seen."""
         key = rows.long() * self.num_cols + cols.long()
-        found_values = key.new_zeros(key.shape[0], 2, dtype=torch.float64)
-        found_values[:, 0] = float("-inf")
+        found_values = self.missing(key.shape[0], key.device)
         for keys, values in (self._level(""), self._level("recent_")):
             if keys.numel():
                 slot = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
                 found = keys[slot] == key
                 found_values = torch.where(found[:, None], values[slot], found_values)
+        return found_values
+
+    def lookup(self, rows: Tensor, cols: Tensor) -> tuple[Tensor, Tensor]:
+        """(count [N], last time [N]) of each (row, col) pair: 0 and -inf if never seen."""
+        found_values = self.find(rows, cols)
         return found_values[:, 1], found_values[:, 0]
 
-    def row_pairs(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def row_values(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Every seen pair of each row, in no particular order: (which input row [M],
-        col [M], last time [M], count [M])."""
+        col [M], values [M, width])."""
         parts = [self._row_slice(rows, *self._level(p)) for p in ("", "recent_")]
         parts = [p for p in parts if p is not None] or [
             self._row_slice(rows, *self._level(""), True)
         ]
         which, col, values = (torch.cat(c) if len(parts) > 1 else c[0] for c in zip(*parts))
+        return which, col, values
+
+    def row_pairs(self, rows: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Every seen pair of each row, in no particular order: (which input row [M],
+        col [M], last time [M], count [M])."""
+        which, col, values = self.row_values(rows)
         return which, col, values[:, 0], values[:, 1]
 
     def _row_slice(self, rows: Tensor, keys: Tensor, values: Tensor, empty_ok: bool = False):
@@ -99,17 +144,20 @@ class PairTable(nn.Module):
     # ---- writing ---------------------------------------------------------------------------
     @torch.no_grad()
     def observe(self, rows: Tensor, cols: Tensor, t: Tensor | None = None) -> None:
-        """Count the pairs (row[n], col[n]) and keep their latest time `t` [N]."""
+        """Add the interactions (row[n], col[n]) at times `t` [N]: here, count the pairs
+        and keep their latest time."""
+        if rows.numel() == 0:
+            return
+        self.add(rows, cols, self.event_values(t, rows.shape[0], rows.device))
+
+    @torch.no_grad()
+    def add(self, rows: Tensor, cols: Tensor, entries: Tensor) -> None:
+        """Merge entries [N, width] of the pairs (row[n], col[n]) into the table."""
         if rows.numel() == 0:
             return
         key, order = torch.sort(rows.long() * self.num_cols + cols.long())
-        unique, inverse, n = torch.unique_consecutive(key, return_inverse=True, return_counts=True)
-        values = torch.full(
-            (unique.shape[0], 2), float("-inf"), dtype=torch.float64, device=key.device
-        )
-        values[:, 1] = n
-        if t is not None:
-            values[:, 0].scatter_reduce_(0, inverse, t.to(torch.float64)[order], reduce="amax")
+        unique, inverse = torch.unique_consecutive(key, return_inverse=True)
+        values = self.summarise(entries[order], inverse, unique.shape[0])
         for prefix in ("", "recent_"):
             new = self._update(prefix, unique, values)
             if new is None:
@@ -119,7 +167,7 @@ class PairTable(nn.Module):
         if self.recent_keys.shape[0] > max(MIN_RECENT, self.keys.shape[0] // 8):
             self._insert("", *self._level("recent_"))
             self.recent_keys = self.keys.new_zeros(0)
-            self.recent_values = self.values.new_zeros(0, 2)
+            self.recent_values = self.values.new_zeros(0, self.width)
 
     def _update(self, prefix: str, key: Tensor, values: Tensor) -> Tensor | None:
         """Add to the pairs of one level; returns the mask of keys it lacks (None: none)."""
@@ -128,11 +176,8 @@ class PairTable(nn.Module):
             return torch.ones_like(key, dtype=torch.bool)
         slot = torch.searchsorted(keys, key).clamp_(max=keys.numel() - 1)
         found = keys[slot] == key
-        # keys this level lacks add nothing to the slot they were searched to
-        stored[:, 0].scatter_reduce_(
-            0, slot, torch.where(found, values[:, 0], float("-inf")), reduce="amax"
-        )
-        stored[:, 1].index_add_(0, slot, values[:, 1] * found)
+        hit = slot[found]  # distinct keys: each stored entry is combined once at most
+        stored[hit] = self.combine(stored[hit], values[found])
         return None if bool(found.all()) else ~found
 
     def _insert(self, prefix: str, keys: Tensor, values: Tensor) -> None:
