@@ -72,10 +72,14 @@ class CoupledUpdate(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """New unit-norm states u(t), i(t) [B, d] from u(t⁻), i(t⁻) [B, d], Δ [B, 2]."""
         parts = (user, item) if features is None else (user, item, features)
-        pre = torch.addmm(self.bias, torch.cat(parts, dim=1), self.weight).view(-1, 2, self.dim)
-        pre = pre.addcmul(delta[:, :, None], self.time_weight)
-        new_user, new_item = F.normalize(torch.tanh(pre), dim=-1).unbind(1)
+        new_user, new_item = self.pairs(torch.cat(parts, dim=1), delta).unbind(1)
         return new_user, new_item
+
+    def pairs(self, x: Tensor, delta: Tensor) -> Tensor:
+        """New states [B, 2, d] (user, item) from x = [u(t⁻); i(t⁻); f] [B, 2d + F]."""
+        pre = torch.addmm(self.bias, x, self.weight).view(-1, 2, self.dim)
+        pre = pre.addcmul(delta[:, :, None], self.time_weight)
+        return F.normalize(torch.tanh(pre), dim=-1)
 
 
 class _DenseGradHook:
@@ -157,8 +161,8 @@ class _PlannedStep:
     chunk: _PlannedChunk
     last: bool
     batch: Interactions
-    reads: Tensor  # [3n] store slots of u(t⁻), i(t⁻), j(t⁻) (written before this step)
-    writes: int  # slot of the step's first written row: n users, then n items
+    reads: Tensor  # [3n] store slots: (u(t⁻), i(t⁻)) pairs, then j(t⁻)
+    writes: int  # slot of the step's first written row: (u(t), i(t)) pairs
 
 
 class _GraphCache:
@@ -236,13 +240,13 @@ class _GraphCache:
         store, num_steps = self.store, sizes.shape[0]
         n = rows.user.shape[0]
         offsets = torch.cumsum(sizes, 0) - sizes
-        writes = store.size + 2 * offsets  # a step appends its users, then its items
+        writes = store.size + 2 * offsets  # a step appends (user, item) row pairs
         # every write: (id, step, slot); a node twice in a step keeps its later row
         position = torch.arange(n, device=sizes.device) - offsets[rows.step_of]
-        first = writes[rows.step_of] + position
+        first = writes[rows.step_of] + 2 * position
         w_id = torch.cat((rows.user, self.items_from + rows.item))
         w_step = torch.cat((rows.step_of, rows.step_of))
-        w_slot = torch.cat((first, first + sizes[rows.step_of]))
+        w_slot = torch.cat((first, first + 1))
         key = w_id * (num_steps + 1) + w_step
         key, order = torch.sort(key, stable=True)  # a repeat in a step: its later row last
         w_slot = w_slot[order]
@@ -254,11 +258,13 @@ class _GraphCache:
         found = at >= 0
         found &= key[at.clamp(min=0)] // (num_steps + 1) == r_id
         found_slots = torch.where(found, w_slot[at.clamp(min=0)], store.slot[r_id])
-        # laid out step by step: a step's users, then its items, then its previous items
-        base = 3 * offsets[rows.step_of] + position
+        # laid out step by step: (user, item) row pairs, then the previous items, so that
+        # a step's reads are its update's input [n, 2d] as a view
+        base = 3 * offsets[rows.step_of]
         reads = torch.empty_like(found_slots.reshape(-1))
-        for c in range(3):
-            reads[base + c * sizes[rows.step_of]] = found_slots[c]
+        reads[base + 2 * position] = found_slots[0]
+        reads[base + 2 * position + 1] = found_slots[1]
+        reads[base + 2 * sizes[rows.step_of] + position] = found_slots[2]
         # after the chunk each id points at its last row
         last = torch.ones_like(key, dtype=torch.bool)
         last[:-1] = key[1:] // (num_steps + 1) != key[:-1] // (num_steps + 1)
@@ -269,12 +275,16 @@ class _GraphCache:
         step = self.steps.get(id(batch))
         return step if step is not None and step.batch is batch else None
 
-    def read(self, step: _PlannedStep) -> tuple[Tensor, Tensor, Tensor]:
-        """u(t⁻), i(t⁻) and j(t⁻) of a planned step, with their graph."""
-        return self.store.read_slots(step.reads).chunk(3)
+    def read(self, step: _PlannedStep) -> tuple[Tensor, Tensor]:
+        """[u(t⁻); i(t⁻)] [n, 2d] and j(t⁻) [n, d] of a planned step, with their graph."""
+        rows = self.store.read_slots(step.reads)
+        n = rows.shape[0] // 3
+        pairs, previous = rows.split((2 * n, n))  # backward: one cat, not zero-filled slices
+        return pairs.view(n, -1), previous
 
-    def write(self, step: _PlannedStep, user: Tensor, item: Tensor) -> None:
-        start = self.store.append_rows(torch.cat((user, item)))
+    def write(self, step: _PlannedStep, new: Tensor) -> None:
+        """The step's new states [n, 2, d] (user, item)."""
+        start = self.store.append_rows(new.reshape(-1, new.shape[-1]))
         if start != step.writes:
             raise RuntimeError("a planned step was written out of order")
 
@@ -481,7 +491,8 @@ class JODIE(InteractionModel):
     def _read(self, batch: Interactions, step: _PlannedStep | None) -> tuple[Tensor, ...]:
         """u(t⁻), i(t⁻) and j(t⁻), the previous item's current state (padding: init)."""
         if step is not None:
-            return self._cache.read(step)
+            pairs, previous = self._cache.read(step)
+            return pairs[:, : self.dim], pairs[:, self.dim :], previous
         prev = batch.prev_item
         safe = prev.clamp(min=0)
         if self._local is not None:
@@ -515,7 +526,7 @@ class JODIE(InteractionModel):
         self, batch: Interactions, step: _PlannedStep | None, user: Tensor, item: Tensor
     ) -> None:
         if step is not None:
-            self._cache.write(step, user, item)
+            self._cache.write(step, torch.stack((user, item), dim=1))
             if not self._scoring():  # the global table is written back at the chunk's end
                 return
             user, item = user.detach(), item.detach()
@@ -679,6 +690,26 @@ class JODIE(InteractionModel):
 
     # ---- one step ----------------------------------------------------------------------
 
+    def _train_step(self, batch: Interactions, step: _PlannedStep) -> Output:
+        """A t-batch of a planned training chunk: one read, one update, one append; the
+        losses of the whole chunk at its last step (see `_PlannedChunk`)."""
+        pairs, previous = self._cache.read(step)
+        features = self._features(batch)
+        x = pairs if features is None else torch.cat((pairs, features), dim=1)
+        new = self.update.pairs(x, step.delta)
+        self._cache.write(step, new)
+        planned = step.chunk
+        planned.stash.append((pairs, previous, new))
+        if not step.last:
+            return Output()
+        pairs, previous, new = (torch.cat(parts) for parts in zip(*planned.stash))
+        planned.stash.clear()
+        self._cache.flush(planned)
+        user, item = pairs[:, : self.dim], pairs[:, self.dim :]
+        query = self._predict(user, previous, planned.rows)
+        losses = self._losses(query, user, item, new[:, 0], new[:, 1], planned.rows)
+        return Output(losses=losses)
+
     def forward(self, batch: Interactions) -> Output:
         """Predict from the states before the batch, then update them (Eq. 1-4)."""
         if self._replaying and not torch.is_grad_enabled():
@@ -686,26 +717,13 @@ class JODIE(InteractionModel):
         step = self._cache.find(batch) if self._cache is not None else None
         if step is None and self._cache is not None and self._local is None:
             self._drop_cache()  # a step begin_chunk never saw: the global rows are current
+        if step is not None and not self._scoring():
+            return self._train_step(batch, step)
         user, item, previous = self._read(batch, step)
         delta = step.delta if step is not None else None
         if delta is None:
             delta = torch.stack((batch.delta_user, batch.delta_item), dim=1).to(user.dtype)
         new_user, new_item = self.update(user, item, delta, self._features(batch))
-
-        if step is not None and not self._scoring():
-            self._write(batch, step, new_user, new_item)
-            planned = step.chunk
-            planned.stash.append((user, item, previous, new_user, new_item))
-            if not step.last:
-                return Output()
-            stacked = [torch.cat(parts) for parts in zip(*planned.stash)]
-            planned.stash.clear()
-            self._cache.flush(planned)
-            query = self._predict(stacked[0], stacked[2], planned.rows)
-            losses = self._losses(
-                query, stacked[0], stacked[1], stacked[3], stacked[4], planned.rows
-            )
-            return Output(losses=losses)
 
         rows = _Rows(batch.user, batch.item, batch.prev_item, delta, batch.state_label)
         query = self._predict(user, previous, rows)

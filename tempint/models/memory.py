@@ -403,7 +403,7 @@ class _Append(torch.autograd.Function):
     @staticmethod
     def forward(ctx, store: RowStore, start: int, values: Tensor, token: Tensor) -> Tensor:
         ctx.store, ctx.start, ctx.rows, ctx.dtype = store, start, values.shape[0], values.dtype
-        store.values[start : start + values.shape[0]] = values.detach().to(store.values.dtype)
+        store.values.narrow(0, start, values.shape[0]).copy_(values.detach())
         return token.new_zeros(0)
 
     @staticmethod
@@ -417,7 +417,7 @@ class _Read(torch.autograd.Function):
     def forward(ctx, store: RowStore, slots: Tensor, token: Tensor) -> Tensor:
         ctx.store = store
         ctx.save_for_backward(slots)
-        return store.values[slots]
+        return store.values.index_select(0, slots)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
