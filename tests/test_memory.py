@@ -267,3 +267,27 @@ def test_row_store_gradients_equal_a_differentiable_table_with_in_place_writes()
     torch.testing.assert_close(f1, f2)
     for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_a_row_store_is_freed_with_its_graph():
+    """The graph refers to its store weakly: once the owner drops both, the store's
+    buffers are freed at once (a per-chunk store must not pile up over an epoch)."""
+    import gc
+    import weakref
+
+    from tempint.models.memory import RowStore
+
+    init = torch.randn(4, 3, requires_grad=True)
+    store = RowStore(4, 3, torch.float32, "cpu")
+    store.append(torch.arange(4), init)
+    store.append(torch.tensor([1]), store.read(torch.tensor([0])) * 2)
+    loss = store.read(torch.tensor([1, 2])).sum()
+    loss.backward()
+    assert torch.equal(init.grad[0], torch.full((3,), 2.0))
+    ref = weakref.ref(store)
+    gc.disable()  # freed by reference counting alone: no cycle waits for a collection
+    try:
+        del store, loss
+        assert ref() is None
+    finally:
+        gc.enable()

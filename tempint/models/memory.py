@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
@@ -399,28 +401,39 @@ class RowStore:
         return self.values[self.slot[ids]]
 
 
+def _alive(ref) -> RowStore:
+    store = ref()
+    if store is None:
+        raise RuntimeError("backward through a RowStore that was already released")
+    return store
+
+
+# The graph holds its store weakly: the store holds the graph (its token), and a strong
+# reference back would make a cycle through autograd nodes that is never collected.
 class _Append(torch.autograd.Function):
     @staticmethod
     def forward(ctx, store: RowStore, start: int, values: Tensor, token: Tensor) -> Tensor:
-        ctx.store, ctx.start, ctx.rows, ctx.dtype = store, start, values.shape[0], values.dtype
+        ctx.store, ctx.start, ctx.rows = weakref.ref(store), start, values.shape[0]
+        ctx.dtype = values.dtype
         store.values.narrow(0, start, values.shape[0]).copy_(values.detach())
         return token.new_zeros(0)
 
     @staticmethod
     def backward(ctx, grad_token: Tensor):
-        grad = ctx.store.grad[ctx.start : ctx.start + ctx.rows].to(ctx.dtype)
+        grad = _alive(ctx.store).grad[ctx.start : ctx.start + ctx.rows].to(ctx.dtype)
         return None, None, grad, grad_token
 
 
 class _Read(torch.autograd.Function):
     @staticmethod
     def forward(ctx, store: RowStore, slots: Tensor, token: Tensor) -> Tensor:
-        ctx.store = store
+        ctx.store = weakref.ref(store)
         ctx.save_for_backward(slots)
         return store.values.index_select(0, slots)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (slots,) = ctx.saved_tensors
-        ctx.store.grad.index_add_(0, slots, grad.to(ctx.store.grad.dtype))
-        return None, None, grad.new_zeros(0).to(ctx.store.token.dtype)
+        store = _alive(ctx.store)
+        store.grad.index_add_(0, slots, grad.to(store.grad.dtype))
+        return None, None, grad.new_zeros(0).to(store.values.dtype)
