@@ -11,8 +11,8 @@ base: its memory, losses and updates run unchanged underneath.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,12 @@ from torch import Tensor, nn
 from tempint.data.batch import Chunk, Interactions
 from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
 from tempint.models.components.pairs import PairTable
+from tempint.models.components.steps import (
+    StepRows,
+    decayed_counts_per_step,
+    earlier_pairs,
+    versioned_cosine,
+)
 from tempint.models.heuristics import RecentPopularity
 
 __all__ = ["RepeatAware", "pair_features"]
@@ -29,6 +35,9 @@ HOUR = 3600.0
 NUM_PAIR_FEATURES = 12
 NUM_EXPLORE_FEATURES = 4
 NUM_GATE_FEATURES = 6
+# rows of consecutive evaluation steps scored together (bounds the [rows, rows] versions
+# of the base's candidate rows and the [rows, items] features)
+REPLAY_ROWS = 512
 
 
 def recency_rank(which: Tensor, last_t: Tensor, lengths: Tensor) -> Tensor:
@@ -72,8 +81,8 @@ def pair_features(
     `t` [B] now, `prev_item` [B] (-1 if none), `affinity` [B, I] the base model's score,
     `transitions` [B, I] how often any user went from this user's previous item to the
     item and `out_degree` [B] their sum, `total` [B] the user's interactions,
-    `stay_rate` [B] how often this user repeated its previous item, `trend` [I] the log
-    of each item's time-decayed interaction count (what is popular now). Recency rank
+    `stay_rate` [B] how often this user repeated its previous item, `trend` [I] (or [B, I],
+    per row) the log of each item's time-decayed interaction count (what is popular now). Recency rank
     matters beside age: Wikipedia editors alternate between two pages, so "the one
     before last" is a pattern of its own.
     """
@@ -97,7 +106,7 @@ def pair_features(
             torch.log1p(moved),
             moved / out_degree[which],
             is_last * stay_rate[which],
-            trend[item],
+            trend[item] if trend.dim() == 1 else trend.reshape(-1)[history.flat],
         ],
         dim=-1,
     )
@@ -108,9 +117,16 @@ class RepeatAware(InteractionModel):
 
     The loss is the negative log-likelihood of the true item under the mixture, plus the
     base model's own losses scaled by `base_loss_weight`. Ranking uses log P(i) (native).
+
+    The base runs step by step (its memory needs it); the mixture of consecutive steps is
+    computed at once, every row from the counts as of its own step (`StepRows`): a
+    training chunk's at its end (`chunk_losses`, the mean NLL of each step summed over
+    its steps, as if each step had been scored alone), and a run of evaluation steps in
+    `replay_steps`. A plain `forward` scores its one step.
     """
 
     scorers = ("native",)
+    replays_steps = True
 
     def __init__(
         self,
@@ -147,6 +163,11 @@ class RepeatAware(InteractionModel):
         self.register_buffer(
             "user_last_t", torch.full((num_users,), float("-inf"), dtype=torch.float64)
         )
+        # a training chunk's steps and base Outputs, scored together by `chunk_losses`
+        self._pending: list[tuple[Interactions, Output]] | None = None
+        # the chunk handed to the base: a frozen run of steps is a block for a base that
+        # ranks blocks, whose steps then only return the candidate rows they wrote
+        self._base_chunk: Chunk | None = None
 
     # ---- state ---------------------------------------------------------------------------
     def reset_state(self) -> None:
@@ -157,6 +178,7 @@ class RepeatAware(InteractionModel):
         self.popularity.zero_()
         self.user_counts.zero_()
         self.user_last_t.fill_(float("-inf"))
+        self._pending = None
 
     def detach_state(self) -> None:
         self.base.detach_state()
@@ -167,57 +189,203 @@ class RepeatAware(InteractionModel):
                 "repeat_aware keeps global per-user history, which windows processed in "
                 "parallel would fill out of time order; use sampler=tbatch or chrono"
             )
+        self._pending = [] if self.training and torch.is_grad_enabled() else None
+        frozen_run = chunk.run and not torch.is_grad_enabled()
+        if frozen_run and "dot" in self.base.block_scorers:
+            chunk = replace(chunk, block=True, run=False)
+        self._base_chunk = chunk
         self.base.begin_chunk(chunk)
 
     def end_chunk(self, chunk: Chunk) -> None:
-        self.base.end_chunk(chunk)
+        if self._pending:  # steps no `chunk_losses` scored still update the counts
+            with torch.no_grad():
+                self._score_pending()
+        self._pending = None
+        self.base.end_chunk(self._base_chunk if self._base_chunk is not None else chunk)
+        self._base_chunk = None
 
     # ---- prediction ------------------------------------------------------------------------
-    def _affinity(self, output: Output) -> Tensor:
-        """Explore logits [B, I] from the base model's Output (cosine or native scores)."""
-        if output.query is not None and output.candidates is not None:
-            query = F.normalize(at_least_float32(output.query), dim=-1)
+    def forward(self, batch: Interactions) -> Output:
+        output = self.base(batch)  # the base predicts, then updates its own memory
+        losses = self._base_losses(output.losses) if self.training else {}
+        if self._pending is not None:  # training a chunk: scored at its end
+            self._pending.append((batch, output))
+            return Output(losses=losses)
+        log_p, nll = self._score([batch], [output])
+        if self.training:
+            losses = {"nll": nll, **losses}
+        return Output(scores=log_p.detach() if not self.training else log_p, losses=losses)
+
+    def chunk_losses(self) -> dict[str, Tensor]:
+        losses = self._base_losses(self.base.chunk_losses())
+        if self._pending:
+            losses["nll"] = self._score_pending()
+        return losses
+
+    def replay_steps(self, steps: Sequence[Interactions]) -> Output:
+        """Frozen scores of a run of exact steps, in groups of consecutive steps of at most
+        `REPLAY_ROWS` rows (a longer step is a group of its own)."""
+        block = self._base_chunk is not None and self._base_chunk.block
+        scores, group, rows = [], [], 0
+        for step in [*steps, None]:
+            if group and (step is None or rows + len(step) > REPLAY_ROWS):
+                table = self.base.candidate_table() if block else None
+                outputs = [self.base(s) for s in group]
+                scores.append(self._score(group, outputs, table)[0])
+                group, rows = [], 0
+            if step is not None:
+                group.append(step)
+                rows += len(step)
+        return Output(scores=scores[0] if len(scores) == 1 else torch.cat(scores))
+
+    def _base_losses(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {f"base/{name}": self.base_loss_weight * v for name, v in losses.items()}
+
+    def _score_pending(self) -> Tensor:
+        steps, outputs = zip(*self._pending, strict=True)
+        self._pending = []
+        return self._score(steps, outputs)[1]
+
+    def _score(
+        self,
+        steps: Sequence[Interactions],
+        outputs: Sequence[Output],
+        table: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """(log P [N, I] of the steps' rows, each from the state before its step; the sum
+        over steps of each step's mean NLL), then the counts take in the steps. `table`
+        is the base's candidate table before the first step when its Outputs hold only
+        the rows each step wrote."""
+        rows = StepRows.of(steps)
+        with exact_scores(rows.user.device):  # [N, I] scores: no bf16 ties under autocast
+            gate, history, p_repeat, p_explore, seen = self._parts(rows, outputs, table)
+            mixture = ((1.0 - gate)[:, None] * p_explore).reshape(-1)
+            mixture = mixture.index_add(0, history.flat, gate[history.which] * p_repeat)
+            log_p = torch.log(mixture.clamp_min(1e-30)).view_as(p_explore)
+        target = log_p.gather(1, rows.item[:, None]).squeeze(1)
+        nll = -(target / rows.step_size).sum()
+        self._observe(rows, seen.gather(1, rows.item[:, None]).squeeze(1))
+        return log_p, nll
+
+    def _affinity(self, rows: StepRows, outputs: Sequence[Output], table: Tensor | None) -> Tensor:
+        """Explore logits [N, I] from the base's Outputs: cosine with the candidates as of
+        each row's step (times the learned temperature), or its native scores."""
+        first = outputs[0]
+        if first.query is None or (first.candidates is None and table is None):
+            scores = [o.scores for o in outputs]
+            return (scores[0] if len(scores) == 1 else torch.cat(scores)).float()
+        query = at_least_float32(torch.cat([o.query for o in outputs]))
+        scale = self.log_temperature.exp()
+        if table is not None:  # the steps returned the rows they wrote
+            written = torch.cat([o.written for o in outputs[:-1]] or [query[:0]])
+            cos = versioned_cosine(query, at_least_float32(table), rows.item, rows.step, written)
+            return cos * scale
+        if first.candidates.dim() == 2 and "dot" in self.base.block_scorers:
+            # a global table whose rows change only for the items a step holds: the row
+            # step s wrote is the next step's candidate row
+            bounds = step_bounds(rows)[:-1]
+            written = [o.candidates[rows.item[lo:hi]] for (lo, hi), o in zip(bounds, outputs[1:])]
+            written = torch.cat(written or [first.candidates[:0]])
+            table = at_least_float32(first.candidates)
+            cos = versioned_cosine(query, table, rows.item, rows.step, at_least_float32(written))
+            return cos * scale
+        parts = []
+        for output, (lo, hi) in zip(outputs, step_bounds(rows), strict=True):
+            q = F.normalize(query[lo:hi], dim=-1)
             candidates = F.normalize(at_least_float32(output.candidates), dim=-1)
             if candidates.dim() == 3:
-                cos = torch.bmm(candidates, query.unsqueeze(-1)).squeeze(-1)
+                parts.append(torch.bmm(candidates, q.unsqueeze(-1)).squeeze(-1))
             else:
-                cos = query @ candidates.T
-            return cos * self.log_temperature.exp()
-        return output.scores.float()
+                parts.append(q @ candidates.T)
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)) * scale
+
+    def _pairs_as_of_steps(self, rows: StepRows) -> tuple[History, Tensor, Tensor, Tensor]:
+        """Each row's user's seen pairs as of its step (the table's, plus the user's rows
+        of earlier steps), seen [N, I], and the (later, earlier) row pairs of one user."""
+        size, num_items = len(rows), self.num_items
+        which, item, last_t, count = self.pairs.row_pairs(rows.user)
+        later, earlier = earlier_pairs(rows.user, rows.step)
+        if later.numel():
+            which = torch.cat((which, later))
+            item = torch.cat((item, rows.item[earlier]))
+            last_t = torch.cat((last_t, rows.t[earlier]))
+            count = torch.cat((count, torch.ones_like(last_t[: later.shape[0]])))
+        flat = which * num_items + item
+        counts = count.new_zeros(size * num_items).index_add_(0, flat, count)
+        latest = last_t.new_full((size * num_items,), float("-inf"))
+        latest = latest.scatter_reduce_(0, flat, last_t, reduce="amax")
+        seen = counts > 0
+        flat = seen.nonzero().squeeze(1)
+        which = torch.div(flat, num_items, rounding_mode="floor")
+        lengths = torch.bincount(which, minlength=size)
+        history = History(
+            which, flat - which * num_items, latest[flat], counts[flat], lengths, flat
+        )
+        return history, seen.view(size, num_items), later, earlier
 
     def _history(self, batch: Interactions) -> History:
-        which, item, last_t, count = self.pairs.row_pairs(batch.user)
-        lengths = torch.bincount(which, minlength=len(batch))
-        return History(which, item, last_t, count, lengths, which * self.num_items + item)
+        """The seen pairs of a step's users, before the step."""
+        return self._pairs_as_of_steps(StepRows.of([batch]))[0]
+
+    def _moves_as_of_steps(self, rows: StepRows) -> tuple[Tensor, Tensor]:
+        """[N, I] counts of every user's moves from each row's previous item as of its step
+        (the table's, plus earlier steps' rows from the same item), and their sum."""
+        size, num_items = len(rows), self.num_items
+        prev = rows.prev_item
+        has_prev = prev >= 0
+        which, item, _, count = self.transitions.row_pairs(prev.clamp_min(0))
+        count = count.float() * has_prev[which]  # no previous item: no moves
+        # rows without a previous item get keys of their own: no earlier rows share them
+        key = torch.where(has_prev, prev, -1 - torch.arange(size, device=prev.device))
+        later, earlier = earlier_pairs(key, rows.step)
+        if later.numel():
+            which = torch.cat((which, later))
+            item = torch.cat((item, rows.item[earlier]))
+            count = torch.cat((count, count.new_ones(later.shape[0])))
+        moves = count.new_zeros(size * num_items).index_add_(0, which * num_items + item, count)
+        out_degree = count.new_zeros(size).index_add_(0, which, count).clamp_min_(1.0)
+        return moves.view(size, num_items), out_degree
 
     def _moves(self, batch: Interactions) -> tuple[Tensor, Tensor]:
         """[B, I] counts of every user's moves from this row's previous item, and their sum."""
-        size = len(batch)
-        which, item, _, count = self.transitions.row_pairs(batch.prev_item.clamp_min(0))
-        count = count.float() * (batch.prev_item >= 0)[which]  # no previous item: no moves
-        moves = count.new_zeros(size * self.num_items)
-        moves.index_put_((which * self.num_items + item,), count)
-        out_degree = count.new_zeros(size).index_add_(0, which, count).clamp_min_(1.0)
-        return moves.view(size, self.num_items), out_degree
+        return self._moves_as_of_steps(StepRows.of([batch]))
 
     def _parts(
-        self, batch: Interactions, output: Output
+        self, rows: StepRows, outputs: Sequence[Output], table: Tensor | None = None
     ) -> tuple[Tensor, History, Tensor, Tensor, Tensor]:
-        """(gate [B], the users' seen pairs, P_repeat over them [M], P_explore [B, I],
-        seen [B, I]), all from the state before the batch."""
-        affinity = self._affinity(output)
+        """(gate [N], the users' seen pairs, P_repeat over them [M], P_explore [N, I],
+        seen [N, I]), every row from the state before its step."""
+        affinity = self._affinity(rows, outputs, table)
         size, num_items = affinity.shape
-        history = self._history(batch)
+        history, seen, later, earlier = self._pairs_as_of_steps(rows)
         which, lengths = history.which, history.lengths
         has_history = lengths > 0
-        moves, out_degree = self._moves(batch)
-        users = batch.user
-        stays, total, repeats = self.user_counts[users].unbind(1)
+        moves, out_degree = self._moves_as_of_steps(rows)
+        users, items, prev = rows.user, rows.item, rows.prev_item
+        counts = self.user_counts[users]
+        user_last_t = self.user_last_t[users]
+        if later.numel():  # the user's rows of earlier steps, as `_observe` counts them
+            repeat = seen.gather(1, items[:, None]).squeeze(1)
+            stays_now = (prev == items).to(counts.dtype)
+            own = torch.stack((stays_now, torch.ones_like(stays_now), repeat.to(counts.dtype)), 1)
+            counts = counts.index_add(0, later, own[earlier])
+            user_last_t = user_last_t.scatter_reduce(0, later, rows.t[earlier], reduce="amax")
+        stays, total, repeats = counts.unbind(1)
         stay_rate = (stays + 1.0) / (total + 2.0)
-        trend = torch.log1p(self.trend.current()).float()
-        t = batch.t.to(torch.float64)
+        # item counts before each step [S, I], then per row
+        step_items = rows.step * num_items + items
+        per_step = torch.zeros(rows.num_steps * num_items, device=items.device)
+        per_step = per_step.index_add_(0, step_items, torch.ones_like(items, dtype=torch.float))
+        per_step = per_step.view(rows.num_steps, num_items)
+        popularity = self.popularity + (torch.cumsum(per_step, 0) - per_step)
+        decayed = decayed_counts_per_step(
+            self.trend.score, self.trend.ref_t, rows, num_items, self.trend.decay_seconds
+        )
+        trend = torch.log1p(decayed).float()
+        t = rows.t
+        trend_rows = trend[0].expand(size, -1) if rows.num_steps == 1 else trend[rows.step]
         feats = pair_features(
-            history, t, batch.prev_item, affinity, moves, out_degree, total, stay_rate, trend
+            history, t, prev, affinity, moves, out_degree, total, stay_rate, trend_rows
         )
         repeat_logits = self.repeat_scorer(feats).squeeze(-1)
         # softmax over each row's own pairs
@@ -229,13 +397,12 @@ class RepeatAware(InteractionModel):
         # scored by the base model, where other users went next, and popularity (all-time
         # and now): a linear scorer over those four, plus the base model's score
         w = self.explore_scorer.weight[0]
-        per_item = w[2] * torch.log1p(self.popularity) + w[3] * trend + self.explore_scorer.bias
+        per_item = w[2] * torch.log1p(popularity) + w[3] * trend + self.explore_scorer.bias
+        per_item = per_item[0].expand(size, -1) if rows.num_steps == 1 else per_item[rows.step]
         explore_logits = affinity * (1.0 + w[0]) + w[1] * torch.log1p(moves) + per_item
-        seen = torch.zeros(size * num_items, dtype=torch.bool, device=affinity.device)
-        seen = seen.index_fill_(0, history.flat, True).view(size, num_items)
         closed = seen & (lengths < num_items)[:, None]
         p_explore = torch.softmax(explore_logits.masked_fill(closed, float("-inf")), dim=1)
-        since = (t - self.user_last_t[users]).clamp_min(0.0)
+        since = (t - user_last_t).clamp_min(0.0)
         since = torch.where(torch.isfinite(since), since, torch.zeros_like(since)).float()
         best = torch.full((size,), -20.0, device=affinity.device)
         best = best.scatter_reduce(0, which, repeat_logits, reduce="amax").clamp(-20, 20)
@@ -256,36 +423,26 @@ class RepeatAware(InteractionModel):
 
     def distributions(self, batch: Interactions, output: Output) -> tuple[Tensor, Tensor, Tensor]:
         """(gate [B], P_repeat [B, I], P_explore [B, I]) before the batch updates anything."""
-        gate, history, p_repeat, p_explore, _ = self._parts(batch, output)
+        gate, history, p_repeat, p_explore, _ = self._parts(StepRows.of([batch]), [output])
         dense = p_explore.new_zeros(p_explore.numel()).index_put((history.flat,), p_repeat)
         return gate, dense.view_as(p_explore), p_explore
 
-    def forward(self, batch: Interactions) -> Output:
-        output = self.base(batch)  # the base predicts, then updates its own memory
-        with exact_scores(batch.item.device):  # [B, I] scores: no bf16 ties under autocast
-            gate, history, p_repeat, p_explore, seen = self._parts(batch, output)
-            mixture = ((1.0 - gate)[:, None] * p_explore).reshape(-1)
-            mixture = mixture.index_add(0, history.flat, gate[history.which] * p_repeat)
-            log_p = torch.log(mixture.clamp_min(1e-30)).view_as(p_explore)
-        losses = {}
-        if self.training:
-            losses["nll"] = -log_p.gather(1, batch.item[:, None]).mean()
-            for name, value in output.losses.items():
-                losses[f"base/{name}"] = self.base_loss_weight * value
-        self._observe(batch, seen.gather(1, batch.item[:, None]).squeeze(1))
-        return Output(scores=log_p.detach() if not self.training else log_p, losses=losses)
-
     @torch.no_grad()
-    def _observe(self, batch: Interactions, repeat: Tensor) -> None:
-        """Count the batch; `repeat` [B] says which pairs were seen before it."""
-        users, items, prev = batch.user, batch.item, batch.prev_item
-        t = batch.t.to(torch.float64)
+    def _observe(self, rows: StepRows, repeat: Tensor) -> None:
+        """Count the rows; `repeat` [N] says which pairs were seen before their step."""
+        users, items, prev, t = rows.user, rows.item, rows.prev_item, rows.t
         ones = torch.ones_like(repeat, dtype=self.user_counts.dtype)
         counts = torch.stack(((prev == items).to(ones.dtype), ones, repeat.to(ones.dtype)), 1)
         self.user_counts.index_add_(0, users, counts)
         has_prev = prev >= 0
         self.transitions.observe(prev[has_prev], items[has_prev])
         self.popularity.index_add_(0, items, ones)
-        self.trend.observe(batch)
+        self.trend.observe(rows)
         self.pairs.observe(users, items, t)
         self.user_last_t.scatter_reduce_(0, users, t, reduce="amax")
+
+
+def step_bounds(rows: StepRows) -> list[tuple[int, int]]:
+    """(first, past-the-last) row of each step."""
+    ends = torch.cumsum(torch.bincount(rows.step, minlength=rows.num_steps), 0).tolist()
+    return list(zip([0, *ends[:-1]], ends, strict=True))
