@@ -81,18 +81,44 @@ def pair_features(
     `t` [B] now, `prev_item` [B] (-1 if none), `affinity` [B, I] the base model's score,
     `transitions` [B, I] how often any user went from this user's previous item to the
     item and `out_degree` [B] their sum, `total` [B] the user's interactions,
-    `stay_rate` [B] how often this user repeated its previous item, `trend` [I] (or [B, I],
-    per row) the log of each item's time-decayed interaction count (what is popular now). Recency rank
-    matters beside age: Wikipedia editors alternate between two pages, so "the one
-    before last" is a pattern of its own.
+    `stay_rate` [B] how often this user repeated its previous item, `trend` [I] the log
+    of each item's time-decayed interaction count (what is popular now).
     """
+    flat = history.flat
+    return features_of_pairs(
+        history,
+        t,
+        prev_item,
+        affinity.reshape(-1)[flat],
+        transitions.reshape(-1)[flat],
+        out_degree,
+        total,
+        stay_rate,
+        trend[history.item],
+    )
+
+
+def features_of_pairs(
+    history: History,
+    t: Tensor,
+    prev_item: Tensor,
+    affinity: Tensor,
+    moved: Tensor,
+    out_degree: Tensor,
+    total: Tensor,
+    stay_rate: Tensor,
+    trend: Tensor,
+) -> Tensor:
+    """`pair_features` from the values of the pairs themselves: `affinity`, `moved` and
+    `trend` [M] (one per pair), the rest per row [B]. Recency rank matters beside age:
+    Wikipedia editors alternate between two pages, so "the one before last" is a
+    pattern of its own."""
     which, item = history.which, history.item
     age = (t[which] - history.last_t).clamp_min(0.0)
     log_age = torch.log1p(age / HOUR).float()
     count = history.count.float()
     rank = recency_rank(which, history.last_t, history.lengths).float()
     is_last = (item == prev_item[which]).float()
-    moved = transitions.reshape(-1)[history.flat]
     return torch.stack(
         [
             log_age,
@@ -100,13 +126,13 @@ def pair_features(
             torch.log1p(count),
             count / total[which].clamp_min(1.0),
             is_last,
-            affinity.reshape(-1)[history.flat],
+            affinity,
             1.0 / (1.0 + rank),
             (rank == 1).float(),
             torch.log1p(moved),
             moved / out_degree[which],
             is_last * stay_rate[which],
-            trend[item] if trend.dim() == 1 else trend.reshape(-1)[history.flat],
+            trend,
         ],
         dim=-1,
     )
@@ -211,7 +237,7 @@ class RepeatAware(InteractionModel):
         if self._pending is not None:  # training a chunk: scored at its end
             self._pending.append((batch, output))
             return Output(losses=losses)
-        log_p, nll = self._score([batch], [output])
+        log_p, nll = self._score([batch], [output], scores=True)
         if self.training:
             losses = {"nll": nll, **losses}
         return Output(scores=log_p.detach() if not self.training else log_p, losses=losses)
@@ -231,7 +257,7 @@ class RepeatAware(InteractionModel):
             if group and (step is None or rows + len(step) > REPLAY_ROWS):
                 table = self.base.candidate_table() if block else None
                 outputs = [self.base(s) for s in group]
-                scores.append(self._score(group, outputs, table)[0])
+                scores.append(self._score(group, outputs, table, scores=True)[0])
                 group, rows = [], 0
             if step is not None:
                 group.append(step)
@@ -251,20 +277,35 @@ class RepeatAware(InteractionModel):
         steps: Sequence[Interactions],
         outputs: Sequence[Output],
         table: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """(log P [N, I] of the steps' rows, each from the state before its step; the sum
-        over steps of each step's mean NLL), then the counts take in the steps. `table`
-        is the base's candidate table before the first step when its Outputs hold only
-        the rows each step wrote."""
+        scores: bool = False,
+    ) -> tuple[Tensor | None, Tensor]:
+        """(log P [N, I] of the steps' rows if `scores`, each from the state before its
+        step; the sum over steps of each step's mean NLL), then the counts take in the
+        steps. `table` is the base's candidate table before the first step when its
+        Outputs hold only the rows each step wrote. Without `scores` only the true
+        items' probabilities are formed (training needs no [N, I] mixture)."""
         rows = StepRows.of(steps)
+        size, num_items = len(rows), self.num_items
         with exact_scores(rows.user.device):  # [N, I] scores: no bf16 ties under autocast
-            gate, history, p_repeat, p_explore, seen = self._parts(rows, outputs, table)
-            mixture = ((1.0 - gate)[:, None] * p_explore).reshape(-1)
-            mixture = mixture.index_add(0, history.flat, gate[history.which] * p_repeat)
-            log_p = torch.log(mixture.clamp_min(1e-30)).view_as(p_explore)
-        target = log_p.gather(1, rows.item[:, None]).squeeze(1)
-        nll = -(target / rows.step_size).sum()
-        self._observe(rows, seen.gather(1, rows.item[:, None]).squeeze(1))
+            gate, history, p_repeat, explore = self._parts(rows, outputs, table)
+            own = torch.arange(size, device=rows.item.device) * num_items + rows.item
+            slot, repeat = _find(history.flat, own)
+            p_repeat_true = torch.where(repeat, p_repeat[slot], 0.0) if slot is not None else 0.0
+            log_p = None
+            if scores:
+                p_explore = torch.softmax(explore, dim=1)
+                mixture = ((1.0 - gate)[:, None] * p_explore).reshape(-1)
+                mixture = mixture.index_add(0, history.flat, gate[history.which] * p_repeat)
+                log_p = torch.log(mixture.clamp_min(1e-30)).view(size, num_items)
+                log_p_true = log_p.reshape(-1)[own]
+            else:
+                p_explore_true = torch.exp(
+                    explore.reshape(-1)[own] - torch.logsumexp(explore, dim=1)
+                )
+                mixture_true = (1.0 - gate) * p_explore_true + gate * p_repeat_true
+                log_p_true = torch.log(mixture_true.clamp_min(1e-30))
+        nll = -(log_p_true / rows.step_size).sum()
+        self._observe(rows, repeat)
         return log_p, nll
 
     def _affinity(self, rows: StepRows, outputs: Sequence[Output], table: Tensor | None) -> Tensor:
@@ -299,10 +340,10 @@ class RepeatAware(InteractionModel):
                 parts.append(q @ candidates.T)
         return (parts[0] if len(parts) == 1 else torch.cat(parts)) * scale
 
-    def _pairs_as_of_steps(self, rows: StepRows) -> tuple[History, Tensor, Tensor, Tensor]:
+    def _pairs_as_of_steps(self, rows: StepRows) -> tuple[History, Tensor, Tensor]:
         """Each row's user's seen pairs as of its step (the table's, plus the user's rows
-        of earlier steps), seen [N, I], and the (later, earlier) row pairs of one user."""
-        size, num_items = len(rows), self.num_items
+        of earlier steps), sorted by (row, item); and the (later, earlier) row pairs of
+        one user."""
         which, item, last_t, count = self.pairs.row_pairs(rows.user)
         later, earlier = earlier_pairs(rows.user, rows.step)
         if later.numel():
@@ -310,31 +351,34 @@ class RepeatAware(InteractionModel):
             item = torch.cat((item, rows.item[earlier]))
             last_t = torch.cat((last_t, rows.t[earlier]))
             count = torch.cat((count, torch.ones_like(last_t[: later.shape[0]])))
-        flat = which * num_items + item
-        counts = count.new_zeros(size * num_items).index_add_(0, flat, count)
-        latest = last_t.new_full((size * num_items,), float("-inf"))
-        latest = latest.scatter_reduce_(0, flat, last_t, reduce="amax")
-        seen = counts > 0
-        flat = seen.nonzero().squeeze(1)
-        which = torch.div(flat, num_items, rounding_mode="floor")
-        lengths = torch.bincount(which, minlength=size)
-        history = History(
-            which, flat - which * num_items, latest[flat], counts[flat], lengths, flat
-        )
-        return history, seen.view(size, num_items), later, earlier
+        flat, inverse = torch.unique(which * self.num_items + item, return_inverse=True)
+        if flat.shape[0] < inverse.shape[0]:  # a pair both in the table and in the steps
+            count = count.new_zeros(flat.shape[0]).index_add_(0, inverse, count)
+            latest = last_t.new_full((flat.shape[0],), float("-inf"))
+            last_t = latest.scatter_reduce_(0, inverse, last_t, reduce="amax")
+        else:
+            order = torch.empty_like(inverse)
+            order[inverse] = torch.arange(inverse.shape[0], device=inverse.device)
+            count, last_t = count[order], last_t[order]
+        which = torch.div(flat, self.num_items, rounding_mode="floor")
+        lengths = torch.bincount(which, minlength=len(rows))
+        item = flat - which * self.num_items
+        return History(which, item, last_t, count, lengths, flat), later, earlier
 
     def _history(self, batch: Interactions) -> History:
         """The seen pairs of a step's users, before the step."""
         return self._pairs_as_of_steps(StepRows.of([batch]))[0]
 
-    def _moves_as_of_steps(self, rows: StepRows) -> tuple[Tensor, Tensor]:
-        """[N, I] counts of every user's moves from each row's previous item as of its step
-        (the table's, plus earlier steps' rows from the same item), and their sum."""
+    def _moves_as_of_steps(self, rows: StepRows) -> tuple[Tensor, Tensor, Tensor]:
+        """Every user's moves from each row's previous item as of its step (the table's,
+        plus earlier steps' rows from the same item): (row · I + item [K] sorted, their
+        counts [K]), and each row's sum [N] (at least 1)."""
         size, num_items = len(rows), self.num_items
         prev = rows.prev_item
         has_prev = prev >= 0
         which, item, _, count = self.transitions.row_pairs(prev.clamp_min(0))
-        count = count.float() * has_prev[which]  # no previous item: no moves
+        keep = has_prev[which]  # no previous item: no moves
+        which, item, count = which[keep], item[keep], count[keep].float()
         # rows without a previous item get keys of their own: no earlier rows share them
         key = torch.where(has_prev, prev, -1 - torch.arange(size, device=prev.device))
         later, earlier = earlier_pairs(key, rows.step)
@@ -342,37 +386,41 @@ class RepeatAware(InteractionModel):
             which = torch.cat((which, later))
             item = torch.cat((item, rows.item[earlier]))
             count = torch.cat((count, count.new_ones(later.shape[0])))
-        moves = count.new_zeros(size * num_items).index_add_(0, which * num_items + item, count)
+        flat, inverse = torch.unique(which * num_items + item, return_inverse=True)
+        moves = count.new_zeros(flat.shape[0]).index_add_(0, inverse, count)
         out_degree = count.new_zeros(size).index_add_(0, which, count).clamp_min_(1.0)
-        return moves.view(size, num_items), out_degree
+        return flat, moves, out_degree
 
     def _moves(self, batch: Interactions) -> tuple[Tensor, Tensor]:
         """[B, I] counts of every user's moves from this row's previous item, and their sum."""
-        return self._moves_as_of_steps(StepRows.of([batch]))
+        flat, moves, out_degree = self._moves_as_of_steps(StepRows.of([batch]))
+        dense = moves.new_zeros(len(batch) * self.num_items).index_put_((flat,), moves)
+        return dense.view(len(batch), self.num_items), out_degree
 
     def _parts(
         self, rows: StepRows, outputs: Sequence[Output], table: Tensor | None = None
-    ) -> tuple[Tensor, History, Tensor, Tensor, Tensor]:
-        """(gate [N], the users' seen pairs, P_repeat over them [M], P_explore [N, I],
-        seen [N, I]), every row from the state before its step."""
+    ) -> tuple[Tensor, History, Tensor, Tensor]:
+        """(gate [N], the users' seen pairs, P_repeat over them [M], explore logits [N, I],
+        -inf where closed), every row from the state before its step."""
         affinity = self._affinity(rows, outputs, table)
         size, num_items = affinity.shape
-        history, seen, later, earlier = self._pairs_as_of_steps(rows)
+        history, later, earlier = self._pairs_as_of_steps(rows)
         which, lengths = history.which, history.lengths
         has_history = lengths > 0
-        moves, out_degree = self._moves_as_of_steps(rows)
+        move_flat, moves, out_degree = self._moves_as_of_steps(rows)
         users, items, prev = rows.user, rows.item, rows.prev_item
         counts = self.user_counts[users]
         user_last_t = self.user_last_t[users]
         if later.numel():  # the user's rows of earlier steps, as `_observe` counts them
-            repeat = seen.gather(1, items[:, None]).squeeze(1)
+            own = torch.arange(size, device=items.device) * num_items + items
+            repeat = _find(history.flat, own)[1]
             stays_now = (prev == items).to(counts.dtype)
             own = torch.stack((stays_now, torch.ones_like(stays_now), repeat.to(counts.dtype)), 1)
             counts = counts.index_add(0, later, own[earlier])
             user_last_t = user_last_t.scatter_reduce(0, later, rows.t[earlier], reduce="amax")
         stays, total, repeats = counts.unbind(1)
         stay_rate = (stays + 1.0) / (total + 2.0)
-        # item counts before each step [S, I], then per row
+        # item counts before each step [S, I]
         step_items = rows.step * num_items + items
         per_step = torch.zeros(rows.num_steps * num_items, device=items.device)
         per_step = per_step.index_add_(0, step_items, torch.ones_like(items, dtype=torch.float))
@@ -383,9 +431,20 @@ class RepeatAware(InteractionModel):
         )
         trend = torch.log1p(decayed).float()
         t = rows.t
-        trend_rows = trend[0].expand(size, -1) if rows.num_steps == 1 else trend[rows.step]
-        feats = pair_features(
-            history, t, prev, affinity, moves, out_degree, total, stay_rate, trend_rows
+        slot, found = _find(move_flat, history.flat)
+        no_moves = moves.new_zeros(history.flat.shape[0])
+        moved = torch.where(found, moves[slot], 0.0) if slot is not None else no_moves
+        trend_of_pairs = trend.reshape(-1)[rows.step[which] * num_items + history.item]
+        feats = features_of_pairs(
+            history,
+            t,
+            prev,
+            affinity.reshape(-1)[history.flat],
+            moved,
+            out_degree,
+            total,
+            stay_rate,
+            trend_of_pairs,
         )
         repeat_logits = self.repeat_scorer(feats).squeeze(-1)
         # softmax over each row's own pairs
@@ -398,10 +457,14 @@ class RepeatAware(InteractionModel):
         # and now): a linear scorer over those four, plus the base model's score
         w = self.explore_scorer.weight[0]
         per_item = w[2] * torch.log1p(popularity) + w[3] * trend + self.explore_scorer.bias
-        per_item = per_item[0].expand(size, -1) if rows.num_steps == 1 else per_item[rows.step]
-        explore_logits = affinity * (1.0 + w[0]) + w[1] * torch.log1p(moves) + per_item
-        closed = seen & (lengths < num_items)[:, None]
-        p_explore = torch.softmax(explore_logits.masked_fill(closed, float("-inf")), dim=1)
+        # closed items get -inf from an added mask: masking in place would copy the
+        # [N, I] gradient back through the views
+        closed = history.flat[(lengths < num_items)[which]]
+        mask = affinity.new_zeros(size * num_items).index_fill_(0, closed, float("-inf"))
+        explore = per_item.index_select(0, rows.step) + mask.view(size, num_items)
+        explore = (affinity * (1.0 + w[0]) + explore).view(-1)
+        explore = explore.index_put((move_flat,), w[1] * torch.log1p(moves), accumulate=True)
+        explore = explore.view(size, num_items)
         since = (t - user_last_t).clamp_min(0.0)
         since = torch.where(torch.isfinite(since), since, torch.zeros_like(since)).float()
         best = torch.full((size,), -20.0, device=affinity.device)
@@ -419,11 +482,12 @@ class RepeatAware(InteractionModel):
         )
         gate = torch.sigmoid(self.gate_features(gate_in).squeeze(-1))
         gate = torch.where(has_history, gate, torch.zeros_like(gate))
-        return gate, history, p_repeat, p_explore, seen
+        return gate, history, p_repeat, explore
 
     def distributions(self, batch: Interactions, output: Output) -> tuple[Tensor, Tensor, Tensor]:
         """(gate [B], P_repeat [B, I], P_explore [B, I]) before the batch updates anything."""
-        gate, history, p_repeat, p_explore, _ = self._parts(StepRows.of([batch]), [output])
+        gate, history, p_repeat, explore = self._parts(StepRows.of([batch]), [output])
+        p_explore = torch.softmax(explore, dim=1)
         dense = p_explore.new_zeros(p_explore.numel()).index_put((history.flat,), p_repeat)
         return gate, dense.view_as(p_explore), p_explore
 
@@ -446,3 +510,11 @@ def step_bounds(rows: StepRows) -> list[tuple[int, int]]:
     """(first, past-the-last) row of each step."""
     ends = torch.cumsum(torch.bincount(rows.step, minlength=rows.num_steps), 0).tolist()
     return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def _find(keys: Tensor, query: Tensor) -> tuple[Tensor | None, Tensor]:
+    """(slot, found) of each query in the sorted `keys`; slot None when `keys` is empty."""
+    if keys.numel() == 0:
+        return None, torch.zeros_like(query, dtype=torch.bool)
+    slot = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+    return slot, keys[slot] == query
