@@ -266,3 +266,26 @@ def test_decayed_counts_per_step_equal_the_heuristic_fed_step_by_step(decay):
     for s, step in enumerate(steps[5:]):
         torch.testing.assert_close(got[s], heuristic.score, rtol=1e-9, atol=1e-12)
         heuristic.observe(step)
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 128])
+def test_versioned_cosine_reads_each_items_row_as_of_the_rows_step(block_rows):
+    """Against a plain replay: row n's table is the start table with every row of an
+    earlier step written over it, in order."""
+    from tempint.models.components.steps import versioned_cosine
+
+    gen = torch.Generator().manual_seed(2)
+    step = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 6, 6])
+    item = torch.tensor([0, 1, 0, 2, 3, 1, 0, 3, 2, 3, 1, 0])
+    query, table = torch.randn(12, 4, generator=gen), torch.randn(4, 4, generator=gen)
+    written = torch.randn(10, 4, generator=gen)  # the last step's rows left out
+    got = versioned_cosine(query, table, item, step, written, block_rows=block_rows)
+    for n in range(12):
+        current = table.clone()
+        for m in range(10):
+            if step[m] < step[n]:
+                current[item[m]] = written[m]
+        expected = torch.nn.functional.normalize(query[n], dim=0) @ (
+            torch.nn.functional.normalize(current, dim=1).T
+        )
+        torch.testing.assert_close(got[n], expected)

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
+from tempint.data.samplers import tbatch_assign
 from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
 from tempint.models.components.pairs import PairTable
 from tempint.models.components.steps import (
     StepRows,
     decayed_counts_per_step,
     earlier_pairs,
+    last_rows,
     versioned_cosine,
 )
 from tempint.models.heuristics import RecentPopularity
@@ -38,6 +40,8 @@ NUM_GATE_FEATURES = 6
 # rows of consecutive evaluation steps scored together (bounds the [rows, rows] versions
 # of the base's candidate rows and the [rows, items] features)
 REPLAY_ROWS = 512
+# the log-probability floor: mixtures below 1e-30 tie there
+LOG_FLOOR = math.log(1e-30)
 
 
 def recency_rank(which: Tensor, last_t: Tensor, lengths: Tensor) -> Tensor:
@@ -250,19 +254,52 @@ class RepeatAware(InteractionModel):
 
     def replay_steps(self, steps: Sequence[Interactions]) -> Output:
         """Frozen scores of a run of exact steps, in groups of consecutive steps of at most
-        `REPLAY_ROWS` rows (a longer step is a group of its own)."""
-        block = self._base_chunk is not None and self._base_chunk.block
-        scores, group, rows = [], [], 0
-        for step in [*steps, None]:
-            if group and (step is None or rows + len(step) > REPLAY_ROWS):
-                table = self.base.candidate_table() if block else None
-                outputs = [self.base(s) for s in group]
-                scores.append(self._score(group, outputs, table, scores=True)[0])
-                group, rows = [], 0
-            if step is not None:
-                group.append(step)
-                rows += len(step)
+        `REPLAY_ROWS` rows (a longer step is a group of its own).
+
+        A base that ranks blocks replays the whole run in t-batches first: its memory
+        only needs each node's order, which t-batches keep in far fewer steps, and each
+        row's query and written candidate row are the same as in its exact step."""
+        groups, group, size = [], [], 0
+        for step in steps:
+            if group and size + len(step) > REPLAY_ROWS:
+                groups.append(group)
+                group, size = [], 0
+            group.append(step)
+            size += len(step)
+        groups.append(group)
+        if self._base_chunk is None or not self._base_chunk.block:
+            scores = [self._score(g, [self.base(s) for s in g], scores=True)[0] for g in groups]
+            return Output(scores=scores[0] if len(scores) == 1 else torch.cat(scores))
+        table = at_least_float32(self.base.candidate_table()).clone()
+        query, written = self._replay_base(steps)
+        item = torch.cat([s.item for s in steps])
+        scores, lo = [], 0
+        for g in groups:
+            hi = lo + sum(len(s) for s in g)
+            output = Output(query=query[lo:hi], written=written[lo:hi])
+            scores.append(self._score(g, [output], table, scores=True)[0])
+            last = last_rows(item[lo:hi])  # the group's latest row of each item
+            table.index_copy_(0, item[lo:hi][last], written[lo:hi][last].to(table.dtype))
+            lo = hi
         return Output(scores=scores[0] if len(scores) == 1 else torch.cat(scores))
+
+    def _replay_base(self, steps: Sequence[Interactions]) -> tuple[Tensor, Tensor]:
+        """The base's queries and written candidate rows [K, d] of a run's rows, in the
+        run's order, from a replay in t-batches."""
+        run = steps[0] if len(steps) == 1 else Interactions.concat(steps)
+        tbatch = torch.from_numpy(tbatch_assign(run.user.cpu().numpy(), run.item.cpu().numpy()))
+        order = torch.argsort(tbatch, stable=True).to(run.user.device)
+        ordered = run.select(order)
+        bounds = torch.cumsum(torch.bincount(tbatch), 0).tolist()
+        queries, written, lo = [], [], 0
+        for hi in bounds:
+            output = self.base(ordered.select(slice(lo, hi)))
+            queries.append(output.query)
+            written.append(output.written)
+            lo = hi
+        back = torch.empty_like(order)
+        back[order] = torch.arange(order.shape[0], device=order.device)
+        return torch.cat(queries)[back], torch.cat(written)[back]
 
     def _base_losses(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         return {f"base/{name}": self.base_loss_weight * v for name, v in losses.items()}
@@ -293,10 +330,17 @@ class RepeatAware(InteractionModel):
             p_repeat_true = torch.where(repeat, p_repeat[slot], 0.0) if slot is not None else 0.0
             log_p = None
             if scores:
-                p_explore = torch.softmax(explore, dim=1)
-                mixture = ((1.0 - gate)[:, None] * p_explore).reshape(-1)
-                mixture = mixture.index_add(0, history.flat, gate[history.which] * p_repeat)
-                log_p = torch.log(mixture.clamp_min(1e-30)).view(size, num_items)
+                # log P = log(1 − g) + log P_explore, but on the user's own items, where
+                # the repeat side adds to it; floored at log 1e-30 (float32 underflow)
+                log_explore = torch.log_softmax(explore, dim=1)
+                log_p = (log_explore + torch.log(1.0 - gate)[:, None]).clamp_min(LOG_FLOOR)
+                which = history.which
+                mixture = (1.0 - gate[which]) * log_explore.reshape(-1)[history.flat].exp()
+                mixture = mixture + gate[which] * p_repeat
+                log_p = log_p.view(-1).index_put(
+                    (history.flat,), torch.log(mixture.clamp_min(1e-30))
+                )
+                log_p = log_p.view(size, num_items)
                 log_p_true = log_p.reshape(-1)[own]
             else:
                 p_explore_true = torch.exp(
@@ -318,7 +362,7 @@ class RepeatAware(InteractionModel):
         query = at_least_float32(torch.cat([o.query for o in outputs]))
         scale = self.log_temperature.exp()
         if table is not None:  # the steps returned the rows they wrote
-            written = torch.cat([o.written for o in outputs[:-1]] or [query[:0]])
+            written = torch.cat([o.written for o in outputs])
             cos = versioned_cosine(query, at_least_float32(table), rows.item, rows.step, written)
             return cos * scale
         if first.candidates.dim() == 2 and "dot" in self.base.block_scorers:

@@ -18,11 +18,20 @@ from torch import Tensor
 
 from tempint.data.batch import Interactions
 
-__all__ = ["StepRows", "earlier_pairs", "versioned_cosine", "decayed_counts_per_step"]
+__all__ = [
+    "StepRows",
+    "earlier_pairs",
+    "versioned_cosine",
+    "last_rows",
+    "decayed_counts_per_step",
+]
 
 # beyond this many decay times between a run's first and last event, the vectorised
 # decayed counts could overflow float64: they are then replayed step by step
 MAX_DECAY_SPAN = 600.0
+# rows of a run whose queries are overlaid with the candidate rows written before them
+# at once (`versioned_cosine`): bounds the [rows, versions] overlay
+BLOCK_ROWS = 128
 
 
 @dataclass
@@ -94,7 +103,12 @@ def earlier_pairs(key: Tensor, step: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def versioned_cosine(
-    query: Tensor, table: Tensor, item: Tensor, step: Tensor, written: Tensor
+    query: Tensor,
+    table: Tensor,
+    item: Tensor,
+    step: Tensor,
+    written: Tensor,
+    block_rows: int = BLOCK_ROWS,
 ) -> Tensor:
     """Cosine [N, I] of each row's query with every item's candidate row as of its step.
 
@@ -102,26 +116,51 @@ def versioned_cosine(
     its own item's candidate row, to `written` [W, d] for the first W rows (the rows of
     the last step may be left out: no later step reads them). Row n sees the version of
     item i written by the latest row of a step before its own, else the table's row.
+    Rows go in blocks of `block_rows`, each against the table as of its first step with
+    the versions written since the start of that step laid over it: a [rows, versions]
+    overlay per block, not per run.
     """
     q = F.normalize(query, dim=-1)
-    scores = q @ F.normalize(table, dim=-1).T
-    versions = written.shape[0]
-    if versions == 0:
-        return scores
+    table = F.normalize(table, dim=-1)
+    written = F.normalize(written, dim=-1)
+    size, versions = q.shape[0], written.shape[0]
     # the step of the next row that rewrites the same item (never: past the last step)
     order = torch.argsort(step, stable=True)
     order = order[torch.argsort(item[order], stable=True)]
-    never = int(step.max()) + 1
-    following = torch.full_like(step, never)
+    following = torch.full_like(step, int(step.max()) + 1 if size else 0)
     same = item[order[1:]] == item[order[:-1]]
-    following[order[:-1]] = torch.where(same, step[order[1:]], never)
-    v_step, v_following = step[:versions], following[:versions]
-    visible = (v_step[None, :] < step[:, None]) & (step[:, None] <= v_following[None, :])
-    row, version = visible.nonzero(as_tuple=True)
-    if row.numel() == 0:
-        return scores
-    fresh = (q @ F.normalize(written, dim=-1).T)[row, version]
-    return scores.index_put((row, item[:versions][version]), fresh)
+    following[order[:-1]] = torch.where(same, step[order[1:]], following[order[:-1]])
+    # rows are in step order: a block's versions start with the first row of its step
+    block_starts = torch.arange(0, size, block_rows, device=step.device)
+    step_starts = torch.searchsorted(step, step[block_starts]).tolist()
+    parts, applied = [], 0
+    for lo, start in zip(block_starts.tolist(), step_starts, strict=True):
+        hi = min(lo + block_rows, size)
+        upto = min(start, versions)
+        if upto > applied:  # rows of earlier steps: their latest version of each item
+            last = last_rows(item[applied:upto]) + applied
+            table = table.index_copy(0, item[last], written[last])
+            applied = upto
+        scores = q[lo:hi] @ table.T
+        if min(hi, versions) > start:
+            v_step, v_following = step[start : min(hi, versions)], following[start:versions]
+            here = step[lo:hi, None]
+            visible = (v_step[None, :] < here) & (here <= v_following[None, : v_step.shape[0]])
+            row, version = visible.nonzero(as_tuple=True)
+            if row.numel():
+                fresh = (q[lo:hi] @ written[start : min(hi, versions)].T)[row, version]
+                scores = scores.index_put((row, item[start:][version]), fresh)
+        parts.append(scores)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def last_rows(keys: Tensor) -> Tensor:
+    """Positions of the last occurrence of each distinct key."""
+    order = torch.argsort(keys, stable=True)
+    sorted_keys = keys[order]
+    last = torch.ones_like(sorted_keys, dtype=torch.bool)
+    last[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    return order[last]
 
 
 def decayed_counts_per_step(
