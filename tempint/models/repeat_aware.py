@@ -10,6 +10,7 @@ base: its memory, losses and updates run unchanged underneath.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -302,7 +303,10 @@ class RepeatAware(InteractionModel):
         return torch.cat(queries)[back], torch.cat(written)[back]
 
     def _base_losses(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {f"base/{name}": self.base_loss_weight * v for name, v in losses.items()}
+        weight = self.base_loss_weight
+        if weight == 1.0:  # no product to build and differentiate at every step
+            return {f"base/{name}": v for name, v in losses.items()}
+        return {f"base/{name}": weight * v for name, v in losses.items()}
 
     def _score_pending(self) -> Tensor:
         steps, outputs = zip(*self._pending, strict=True)
@@ -343,28 +347,30 @@ class RepeatAware(InteractionModel):
                 log_p = log_p.view(size, num_items)
                 log_p_true = log_p.reshape(-1)[own]
             else:
-                p_explore_true = torch.exp(
-                    explore.reshape(-1)[own] - torch.logsumexp(explore, dim=1)
-                )
+                p_explore_true = torch.exp(explore.reshape(-1)[own] - LogSumExp.apply(explore))
                 mixture_true = (1.0 - gate) * p_explore_true + gate * p_repeat_true
                 log_p_true = torch.log(mixture_true.clamp_min(1e-30))
         nll = -(log_p_true / rows.step_size).sum()
         self._observe(rows, repeat)
         return log_p, nll
 
-    def _affinity(self, rows: StepRows, outputs: Sequence[Output], table: Tensor | None) -> Tensor:
-        """Explore logits [N, I] from the base's Outputs: cosine with the candidates as of
-        each row's step (times the learned temperature), or its native scores."""
+    def _affinity(
+        self, rows: StepRows, outputs: Sequence[Output], table: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The base's affinity [N, I] from its Outputs, as (values, scale): the cosine with
+        the candidates as of each row's step and the learned temperature to multiply it
+        by, or its native scores and None. The product is left to the caller, which folds
+        it into the explore scorer's weight: one [N, I] product less to differentiate."""
         first = outputs[0]
         if first.query is None or (first.candidates is None and table is None):
             scores = [o.scores for o in outputs]
-            return (scores[0] if len(scores) == 1 else torch.cat(scores)).float()
+            return (scores[0] if len(scores) == 1 else torch.cat(scores)).float(), None
         query = at_least_float32(torch.cat([o.query for o in outputs]))
         scale = self.log_temperature.exp()
         if table is not None:  # the steps returned the rows they wrote
             written = torch.cat([o.written for o in outputs])
             cos = versioned_cosine(query, at_least_float32(table), rows.item, rows.step, written)
-            return cos * scale
+            return cos, scale
         if first.candidates.dim() == 2 and "dot" in self.base.block_scorers:
             # a global table whose rows change only for the items a step holds: the row
             # step s wrote is the next step's candidate row
@@ -373,7 +379,7 @@ class RepeatAware(InteractionModel):
             written = torch.cat(written or [first.candidates[:0]])
             table = at_least_float32(first.candidates)
             cos = versioned_cosine(query, table, rows.item, rows.step, at_least_float32(written))
-            return cos * scale
+            return cos, scale
         parts = []
         for output, (lo, hi) in zip(outputs, step_bounds(rows), strict=True):
             q = F.normalize(query[lo:hi], dim=-1)
@@ -382,7 +388,7 @@ class RepeatAware(InteractionModel):
                 parts.append(torch.bmm(candidates, q.unsqueeze(-1)).squeeze(-1))
             else:
                 parts.append(q @ candidates.T)
-        return (parts[0] if len(parts) == 1 else torch.cat(parts)) * scale
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)), scale
 
     def _pairs_as_of_steps(self, rows: StepRows) -> tuple[History, Tensor, Tensor]:
         """Each row's user's seen pairs as of its step (the table's, plus the user's rows
@@ -446,7 +452,7 @@ class RepeatAware(InteractionModel):
     ) -> tuple[Tensor, History, Tensor, Tensor]:
         """(gate [N], the users' seen pairs, P_repeat over them [M], explore logits [N, I],
         -inf where closed), every row from the state before its step."""
-        affinity = self._affinity(rows, outputs, table)
+        affinity, scale = self._affinity(rows, outputs, table)
         size, num_items = affinity.shape
         history, later, earlier = self._pairs_as_of_steps(rows)
         which, lengths = history.which, history.lengths
@@ -479,11 +485,14 @@ class RepeatAware(InteractionModel):
         no_moves = moves.new_zeros(history.flat.shape[0])
         moved = torch.where(found, moves[slot], 0.0) if slot is not None else no_moves
         trend_of_pairs = trend.reshape(-1)[rows.step[which] * num_items + history.item]
+        affinity_of_pairs = affinity.reshape(-1)[history.flat]
+        if scale is not None:
+            affinity_of_pairs = affinity_of_pairs * scale
         feats = features_of_pairs(
             history,
             t,
             prev,
-            affinity.reshape(-1)[history.flat],
+            affinity_of_pairs,
             moved,
             out_degree,
             total,
@@ -506,7 +515,8 @@ class RepeatAware(InteractionModel):
         closed = history.flat[(lengths < num_items)[which]]
         mask = affinity.new_zeros(size * num_items).index_fill_(0, closed, float("-inf"))
         explore = per_item.index_select(0, rows.step) + mask.view(size, num_items)
-        explore = (affinity * (1.0 + w[0]) + explore).view(-1)
+        base_weight = 1.0 + w[0] if scale is None else scale * (1.0 + w[0])
+        explore = (affinity * base_weight + explore).view(-1)
         explore = explore.index_put((move_flat,), w[1] * torch.log1p(moves), accumulate=True)
         explore = explore.view(size, num_items)
         since = (t - user_last_t).clamp_min(0.0)
@@ -552,7 +562,7 @@ class RepeatAware(InteractionModel):
 
 def step_bounds(rows: StepRows) -> list[tuple[int, int]]:
     """(first, past-the-last) row of each step."""
-    ends = torch.cumsum(torch.bincount(rows.step, minlength=rows.num_steps), 0).tolist()
+    ends = list(itertools.accumulate(rows.sizes))
     return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
@@ -562,3 +572,21 @@ def _find(keys: Tensor, query: Tensor) -> tuple[Tensor | None, Tensor]:
         return None, torch.zeros_like(query, dtype=torch.bool)
     slot = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
     return slot, keys[slot] == query
+
+
+class LogSumExp(torch.autograd.Function):
+    """log Σ_i exp(z[n, i]) per row [N] of z [N, I], whose backward reuses the
+    exponentials of the forward: one [N, I] product instead of recomputing them."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:
+        top = z.detach().amax(dim=1, keepdim=True)
+        exp = torch.sub(z, top).exp_()
+        total = exp.sum(dim=1)
+        ctx.save_for_backward(exp, total)
+        return top.squeeze(1) + torch.log(total)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        exp, total = ctx.saved_tensors
+        return exp * (grad / total)[:, None]

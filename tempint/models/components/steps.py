@@ -9,6 +9,7 @@ see each other, exactly as when the steps are fed one at a time.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,8 +39,8 @@ BLOCK_ROWS = 128
 class StepRows:
     """The columns a step-state model reads of consecutive steps, rows side by side.
 
-    `step` [N] is each row's step (0..num_steps-1, non-decreasing) and `step_size` [N]
-    the number of rows of that step.
+    `step` [N] is each row's step (0..num_steps-1, non-decreasing), `step_size` [N] the
+    number of rows of that step and `sizes` those numbers, one per step.
     """
 
     user: Tensor
@@ -49,11 +50,13 @@ class StepRows:
     step: Tensor
     step_size: Tensor
     num_steps: int
+    sizes: list[int]
 
     @classmethod
     def of(cls, steps: Sequence[Interactions]) -> StepRows:
         device = steps[0].user.device
-        sizes = torch.tensor([len(s) for s in steps], device=device)
+        lengths = [len(s) for s in steps]
+        sizes = torch.tensor(lengths, device=device)
         step = torch.repeat_interleave(torch.arange(len(steps), device=device), sizes)
 
         def column(name: str) -> Tensor:
@@ -68,6 +71,7 @@ class StepRows:
             step=step,
             step_size=sizes[step],
             num_steps=len(steps),
+            sizes=lengths,
         )
 
     def __len__(self) -> int:
@@ -197,7 +201,7 @@ def _decayed_counts_stepwise(
     """The same counts one step at a time: for runs too long for one reference time."""
     out = score.new_empty(rows.num_steps, num_items)
     score, ref = score.clone(), ref_t.clone()
-    bounds = torch.cumsum(torch.bincount(rows.step, minlength=rows.num_steps), 0).tolist()
+    bounds = list(itertools.accumulate(rows.sizes))
     lo = 0
     for s, hi in enumerate(bounds):
         out[s] = score
