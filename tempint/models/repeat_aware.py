@@ -222,7 +222,9 @@ class RepeatAware(InteractionModel):
             )
         self._pending = [] if self.training and torch.is_grad_enabled() else None
         frozen_run = chunk.run and not torch.is_grad_enabled()
-        if frozen_run and "dot" in self.base.block_scorers:
+        # a block step's Output holds its queries unless the base builds them afterwards
+        own_queries = type(self.base).block_queries is InteractionModel.block_queries
+        if frozen_run and "dot" in self.base.block_scorers and own_queries:
             chunk = replace(chunk, block=True, run=False)
         self._base_chunk = chunk
         self.base.begin_chunk(chunk)
