@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 import pytest
@@ -122,3 +123,169 @@ def test_pair_features_read_each_users_own_pairs_and_the_sparse_moves(model):
     expected_four = [log3, 1 / (1 + log3), log2, 1 / 3, 0.0, 4.0, 0.5, 1.0, log2, 0.5, 0.0, 0.4]
     torch.testing.assert_close(two, torch.tensor(expected_two))
     torch.testing.assert_close(four, torch.tensor(expected_four))
+
+
+# ---- steps scored together equal steps scored one at a time ---------------------------
+
+
+def repeating_stream(num_users=5, num_items=7, length=90, seed=3):
+    """Users who mostly go back to one of their last two items, with time ties, and the
+    previous-item column of the stream; cut into exact steps (no user or item twice)."""
+    gen = torch.Generator().manual_seed(seed)
+    users = torch.randint(num_users, (length,), generator=gen)
+    items, prev, last = [], [], {}
+    for u in users.tolist():
+        history = last.setdefault(u, [])
+        roll = float(torch.rand((), generator=gen))
+        if history and roll < 0.6:
+            item = history[-1] if roll < 0.35 or len(history) < 2 else history[-2]
+        else:
+            item = int(torch.randint(num_items, (), generator=gen))
+        prev.append(history[-1] if history else -1)
+        history.append(item)
+        items.append(item)
+    t = torch.cumsum(torch.randint(0, 3, (length,), generator=gen).double() * 1800.0, 0)
+    stream = hand_made(users, torch.tensor(items), t, prev_item=torch.tensor(prev))
+    steps, lo, seen = [], 0, set()
+    for n in range(length):
+        u, i = int(users[n]), items[n]
+        if ("u", u) in seen or ("i", i) in seen:
+            steps.append(stream.select(torch.arange(lo, n)))
+            lo, seen = n, set()
+        seen |= {("u", u), ("i", i)}
+    steps.append(stream.select(torch.arange(lo, length)))
+    return steps
+
+
+def limnet_base(num_users, num_items):
+    from tempint.models.limnet import LiMNet
+
+    return LiMNet(num_users, num_items, dim=8)
+
+
+def static_base(num_users, num_items):
+    return StaticEmbedding(num_users, num_items, dim=8)
+
+
+@pytest.mark.parametrize("base", [limnet_base, static_base])
+def test_a_chunk_scored_at_its_end_equals_its_steps_scored_one_by_one(base):
+    """Training: the chunk's NLL (each step's mean, summed), its gradients and the counts
+    it leaves equal those of every step scored alone, chunk after chunk."""
+    from tempint.data.batch import Chunk
+
+    torch.manual_seed(0)
+    chunked = RepeatAware(num_users=5, num_items=7, base=base)
+    stepwise = copy.deepcopy(chunked)
+    chunked.train()
+    stepwise.train()
+    steps = repeating_stream()
+    assert len(steps) > 20 and max(len(s) for s in steps) > 1
+    for lo in range(0, len(steps), 8):
+        chunk = Chunk(steps=steps[lo : lo + 8])
+        chunked.begin_chunk(chunk)
+        outputs = [chunked(step) for step in chunk.steps]
+        assert all(o.scores is None for o in outputs)  # scored at the chunk's end
+        chunk_loss = sum(o.loss for o in outputs) + sum(chunked.chunk_losses().values())
+        chunked.end_chunk(chunk)
+        step_loss = sum(stepwise(step).loss for step in chunk.steps)
+        torch.testing.assert_close(chunk_loss, step_loss, rtol=1e-6, atol=1e-6)
+        chunk_loss.backward()
+        step_loss.backward()
+        for (name, a), (_, b) in zip(
+            chunked.named_parameters(), stepwise.named_parameters(), strict=True
+        ):
+            if name == "explore_scorer.bias":  # a softmax ignores it: its gradient is noise
+                continue
+            if b.grad is None:
+                assert a.grad is None or not a.grad.any(), name
+                continue
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6, msg=name)
+        for model in (chunked, stepwise):
+            model.zero_grad(set_to_none=True)
+            model.detach_state()
+    for (name, a), (_, b) in zip(chunked.named_buffers(), stepwise.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("base", [limnet_base, static_base])
+@pytest.mark.parametrize("replay_rows", [5, 512])
+def test_replay_steps_equals_one_forward_per_step(base, replay_rows, monkeypatch):
+    """Frozen evaluation: a run of steps (in groups of `replay_rows` rows) scores every
+    interaction as the forward of its step does, and leaves the same state."""
+    import tempint.models.repeat_aware as repeat_aware
+    from tempint.data.batch import Chunk
+
+    monkeypatch.setattr(repeat_aware, "REPLAY_ROWS", replay_rows)
+    torch.manual_seed(1)
+    model = RepeatAware(num_users=5, num_items=7, base=base)
+    steps = repeating_stream(seed=5)
+    model.train()
+    replay(model, Interactions.concat(steps[:10]), size=1)  # some history before the run
+    reference = copy.deepcopy(model)
+    model.eval()
+    reference.eval()
+    run = Chunk(steps=steps[10:], run=True)
+    with torch.no_grad():
+        model.begin_chunk(run)
+        scores = model.replay_steps(run.steps).scores
+        model.end_chunk(run)
+        expected = []
+        for step in run.steps:
+            reference.begin_chunk(Chunk(steps=[step]))
+            expected.append(reference(step).scores)
+            reference.end_chunk(Chunk(steps=[step]))
+    torch.testing.assert_close(scores, torch.cat(expected), rtol=1e-5, atol=1e-5)
+    for (name, a), (_, b) in zip(model.named_buffers(), reference.named_buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_earlier_pairs_lists_the_rows_of_earlier_steps_with_the_same_key():
+    from tempint.models.components.steps import earlier_pairs
+
+    key = torch.tensor([4, 2, 4, 4, 2, 9])
+    step = torch.tensor([0, 0, 1, 1, 2, 2])
+    later, earlier = earlier_pairs(key, step)
+    pairs = sorted(zip(later.tolist(), earlier.tolist()))
+    # rows 2 and 3 (key 4, step 1) see row 0 but not each other; row 4 sees row 1
+    assert pairs == [(2, 0), (3, 0), (4, 1)]
+
+
+@pytest.mark.parametrize("decay", [86_400.0, 60.0])
+def test_decayed_counts_per_step_equal_the_heuristic_fed_step_by_step(decay):
+    """Both the one-reference-time formula and the step-by-step fallback (a run longer
+    than hundreds of decay times) give `RecentPopularity`'s counts before each step."""
+    from tempint.models.components.steps import StepRows, decayed_counts_per_step
+    from tempint.models.heuristics import RecentPopularity
+
+    steps = repeating_stream(seed=7)
+    heuristic = RecentPopularity(5, 7, decay)
+    for step in steps[:5]:
+        heuristic.observe(step)
+    rows = StepRows.of(steps[5:])
+    got = decayed_counts_per_step(heuristic.score, heuristic.ref_t, rows, 7, decay)
+    for s, step in enumerate(steps[5:]):
+        torch.testing.assert_close(got[s], heuristic.score, rtol=1e-9, atol=1e-12)
+        heuristic.observe(step)
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 128])
+def test_versioned_cosine_reads_each_items_row_as_of_the_rows_step(block_rows):
+    """Against a plain replay: row n's table is the start table with every row of an
+    earlier step written over it, in order."""
+    from tempint.models.components.steps import versioned_cosine
+
+    gen = torch.Generator().manual_seed(2)
+    step = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4, 5, 6, 6])
+    item = torch.tensor([0, 1, 0, 2, 3, 1, 0, 3, 2, 3, 1, 0])
+    query, table = torch.randn(12, 4, generator=gen), torch.randn(4, 4, generator=gen)
+    written = torch.randn(10, 4, generator=gen)  # the last step's rows left out
+    got = versioned_cosine(query, table, item, step, written, block_rows=block_rows)
+    for n in range(12):
+        current = table.clone()
+        for m in range(10):
+            if step[m] < step[n]:
+                current[item[m]] = written[m]
+        expected = torch.nn.functional.normalize(query[n], dim=0) @ (
+            torch.nn.functional.normalize(current, dim=1).T
+        )
+        torch.testing.assert_close(got[n], expected)
