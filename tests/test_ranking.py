@@ -362,8 +362,8 @@ def test_a_shared_score_row_ranks_as_its_dense_copy(dtype):
     row = torch.randint(0, 5, (40,), generator=gen).to(dtype)
     if dtype.is_floating_point:
         row[3], row[7], row[11] = float("nan"), float("-inf"), float("inf")
-    target = torch.arange(40)  # every item once, NaN and -inf targets included
-    shared = row.expand(40, -1)
+    target = torch.arange(40).repeat(3)  # every item, NaN and -inf targets included
+    shared = row.expand(120, -1)  # more queries than SHARED_ROW_SORT: the sorted path
     assert shared.stride(0) == 0
     for got, want in zip(rank_bounds(shared, target), rank_bounds(shared.clone(), target)):
         assert torch.equal(got, want)

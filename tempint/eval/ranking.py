@@ -140,7 +140,7 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
             "expected scores [B, I] and target [B]"
         )
     scores = scores.detach()
-    if scores.shape[0] > 1 and scores.stride(0) == 0:
+    if scores.shape[0] > SHARED_ROW_SORT and scores.stride(0) == 0:
         return _shared_row_bounds(scores[0], target.long())
     true = scores.gather(1, target.long().unsqueeze(1))
     if not scores.is_floating_point():
@@ -156,6 +156,11 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
     worst = best + (scores == true).sum(1) - 1
     worst = torch.where(low.squeeze(1), scores.shape[1], worst)
     return best, worst
+
+
+# Queries sharing one score row are ranked by sorting it once when there are more of them
+# than this; fewer compare against the (never copied) row directly, cheaper than a sort.
+SHARED_ROW_SORT = 64
 
 
 def _shared_row_bounds(row: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
