@@ -275,13 +275,15 @@ class LocalMemory:
 
 
 class _Fresh:
-    """Rows written since the last detach, with their graph, in a `RowStore`: a read
-    overlays them on the table's rows. Also settles repeated rows in one write: the last
-    by position wins, on any device.
+    """Rows written since the last detach, with their graph: `values` [K, dim] and the
+    position `slot` [rows] of each row's latest write (-1: none since the detach).
+
+    Also settles repeated rows in one write: the last by position wins, on any device.
     """
 
     def __init__(self) -> None:
-        self.store: RowStore | None = None
+        self.values: Tensor | None = None
+        self.slot: Tensor | None = None
         self._scratch: Tensor | None = None
 
     def _last(self, rows: Tensor, num_rows: int) -> Tensor:
@@ -293,31 +295,33 @@ class _Fresh:
         return last_occurrence(rows, num_rows, scratch)
 
     def clear(self) -> None:
-        self.store = None
+        if self.values is not None:
+            self.slot.fill_(-1)
+            self.values = None
 
     def write(self, rows: Tensor, values: Tensor, num_rows: int) -> Tensor:
         """Record a write; returns the values the table must store for `rows`, the
         last repeat's value at every repeat of a row (see `last_occurrence`)."""
         last = self._last(rows, num_rows)
-        store = self.store
         if not values.requires_grad:  # nothing to differentiate: the table's value is it
-            if store is not None:
-                store.slot.index_fill_(0, rows, -1)
+            if self.values is not None:
+                self.slot.index_fill_(0, rows, -1)
             return values[last]
-        if store is None or store.slot.shape[0] != num_rows or store.slot.device != rows.device:
-            store = self.store = RowStore(num_rows, values.shape[1], values.dtype, rows.device)
-        store.append(rows, values)
+        if self.slot is None or self.slot.shape[0] != num_rows or self.slot.device != rows.device:
+            self.slot = torch.full((num_rows,), -1, dtype=torch.long, device=rows.device)
+        start = 0 if self.values is None else self.values.shape[0]
+        self.values = values if self.values is None else torch.cat((self.values, values))
+        self.slot.index_copy_(0, rows, last + start)  # every repeat writes the same slot
         return values[last]
 
     def overlay(self, rows: Tensor | None, base: Tensor, cols: slice | None = None) -> Tensor:
         """`base` (rows read from the table) with rows written since the detach replaced
         by their graph-carrying values; `rows=None` means every row, in order."""
-        if self.store is None or not torch.is_grad_enabled():
+        if self.values is None or not torch.is_grad_enabled():
             return base
-        pos = self.store.slot if rows is None else self.store.slot[rows]
-        values = self.store.read_slots(pos.clamp(min=0))
-        values = values if cols is None else values[:, cols]
-        return torch.where((pos >= 0)[:, None], values, base)
+        pos = self.slot if rows is None else self.slot[rows]
+        values = self.values if cols is None else self.values[:, cols]
+        return torch.where((pos >= 0)[:, None], values[pos.clamp(min=0)], base)
 
 
 def _table(
