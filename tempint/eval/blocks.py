@@ -66,16 +66,23 @@ class ItemVersions:
         found &= self.item[version] == items
         return torch.where(found[:, None], self.written[version], self.table[items])
 
-    def current(self, lo: int, hi: int) -> tuple[Tensor, Tensor]:
-        """The (row, version) overwrites of the block-start table for time-ordered rows
-        [lo, hi): version m (m < hi) is current for row k if pos[m] < pos[k] ≤ next[m].
-        The table itself is never copied: at 10^5 items a copy per sub-block cost more
-        than its matmul."""
+    def current(self, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The versions that can overwrite the block-start table for time-ordered rows
+        [lo, hi) (those still current at row lo, then those of [lo, hi)) and the
+        (row, candidate) overwrites among them: version m is current for row k if
+        pos[m] < pos[k] ≤ next[m]. The table itself is never copied (at 10^5 items a
+        copy per sub-block cost more than its ranking), and a sub-block compares
+        against its live versions only, not every version of the block before it."""
+        start = self.position[lo]
+        live = (self.position[:lo] < start) & (self.following[:lo] >= start)
+        candidates = torch.cat(
+            (live.nonzero().squeeze(1), torch.arange(lo, hi, device=start.device))
+        )
         pos = self.position[lo:hi]
-        earlier = self.position[None, :hi] < pos[:, None]
-        valid = earlier & (pos[:, None] <= self.following[None, :hi])
-        row, version = valid.nonzero(as_tuple=True)
-        return row, version
+        earlier = self.position[candidates][None, :] < pos[:, None]
+        valid = earlier & (pos[:, None] <= self.following[candidates][None, :])
+        row, k = valid.nonzero(as_tuple=True)
+        return candidates, row, k
 
     def last_versions(self) -> tuple[Tensor, Tensor]:
         """(items, rows) of each written item's last version: its row after the block."""
@@ -165,9 +172,9 @@ class BlockRanker:
         parts: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in self.scorers}
         for lo in range(0, item.shape[0], SUB_BLOCK):
             hi = min(lo + SUB_BLOCK, item.shape[0])
-            row, version = versions.current(lo, hi)
-            fresh = versions.written[:hi]
-            col = versions.item[version]
+            candidates, row, version = versions.current(lo, hi)
+            fresh = versions.written[candidates]
+            col = versions.item[candidates][version]
             sub_bias = None if bias is None else bias[lo:hi]
             scores = _scores(
                 self.scorers, query[lo:hi], self.table, fresh, row, col, version, sub_bias
