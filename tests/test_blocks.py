@@ -99,9 +99,11 @@ MODELS = {
 }
 
 
+@pytest.mark.parametrize("patch_above", [0.0, float("inf")])  # patched table, overwrites
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_block_ranking_equals_a_one_interaction_at_a_time_replay(name, monkeypatch):
+def test_block_ranking_equals_a_one_interaction_at_a_time_replay(name, patch_above, monkeypatch):
     monkeypatch.setattr(blocks, "SUB_BLOCK", 5)  # several sub-blocks per block
+    monkeypatch.setattr(blocks, "PATCH_ABOVE", patch_above)
     monkeypatch.setattr(deepred, "_ENCODE_ROWS", 3)  # a block encoded in several parts
     torch.manual_seed(0)
     dm = datamodule_for(repeating_stream(), TBatchSampler(4), eval_max_batch_size=1, history_k=4)

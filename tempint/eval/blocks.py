@@ -30,6 +30,9 @@ __all__ = ["BlockRanker", "ItemVersions", "CandidateTable"]
 
 # Queries ranked together against one table: bounds the [rows, versions] overwrite matrix.
 SUB_BLOCK = 256
+# Versions of earlier sub-blocks are patched into a copy of the table once overwriting
+# their scores (live versions × rows) would touch more than this times the table's size.
+PATCH_ABOVE = 1.0
 
 
 class ItemVersions:
@@ -66,23 +69,18 @@ class ItemVersions:
         found &= self.item[version] == items
         return torch.where(found[:, None], self.written[version], self.table[items])
 
-    def current(self, lo: int, hi: int) -> tuple[Tensor, Tensor, Tensor]:
-        """The versions that can overwrite the block-start table for time-ordered rows
-        [lo, hi) (those still current at row lo, then those of [lo, hi)) and the
-        (row, candidate) overwrites among them: version m is current for row k if
-        pos[m] < pos[k] ≤ next[m]. The table itself is never copied (at 10^5 items a
-        copy per sub-block cost more than its ranking), and a sub-block compares
-        against its live versions only, not every version of the block before it."""
+    def live_at(self, lo: int) -> Tensor:
+        """Versions written before time-ordered row `lo` and still current there."""
         start = self.position[lo]
-        live = (self.position[:lo] < start) & (self.following[:lo] >= start)
-        candidates = torch.cat(
-            (live.nonzero().squeeze(1), torch.arange(lo, hi, device=start.device))
-        )
+        return ((self.position[:lo] < start) & (self.following[:lo] >= start)).nonzero()[:, 0]
+
+    def overwrites(self, lo: int, hi: int, candidates: Tensor) -> tuple[Tensor, Tensor]:
+        """(row, k): version `candidates[k]` is current for time-ordered row lo + row,
+        i.e. pos[m] < pos[row] ≤ next[m]."""
         pos = self.position[lo:hi]
         earlier = self.position[candidates][None, :] < pos[:, None]
         valid = earlier & (pos[:, None] <= self.following[candidates][None, :])
-        row, k = valid.nonzero(as_tuple=True)
-        return candidates, row, k
+        return valid.nonzero(as_tuple=True)
 
     def last_versions(self) -> tuple[Tensor, Tensor]:
         """(items, rows) of each written item's last version: its row after the block."""
@@ -115,6 +113,15 @@ class CandidateTable:
             rows = self.table.double()
             self._wide = (rows, rows.square().sum(1))
         return self._wide
+
+    def patched(self, items: Tensor, rows: Tensor) -> CandidateTable:
+        """A copy with `rows` [n, d] in place of `items`' rows (this table unchanged)."""
+        copy = CandidateTable.__new__(CandidateTable)
+        copy.table = self.table.clone()
+        copy._unit = None if self._unit is None else self._unit.clone()
+        copy._wide = None if self._wide is None else tuple(t.clone() for t in self._wide)
+        copy.advance(items, rows)
+        return copy
 
     def advance(self, items: Tensor, rows: Tensor) -> None:
         """Rows [n, d] of `items` (distinct) as the block left them."""
@@ -172,13 +179,20 @@ class BlockRanker:
         parts: dict[str, list[tuple[Tensor, Tensor]]] = {s: [] for s in self.scorers}
         for lo in range(0, item.shape[0], SUB_BLOCK):
             hi = min(lo + SUB_BLOCK, item.shape[0])
-            candidates, row, version = versions.current(lo, hi)
+            # versions of earlier sub-blocks still current: patched into a copy of the
+            # table when that is cheaper than overwriting their scores row by row
+            live, own = versions.live_at(lo), torch.arange(lo, hi, device=item.device)
+            table = self.table
+            if live.numel() * (hi - lo) > PATCH_ABOVE * table.table.numel():
+                table = table.patched(versions.item[live], versions.written[live])
+                candidates = own
+            else:
+                candidates = torch.cat((live, own))
+            row, version = versions.overwrites(lo, hi, candidates)
             fresh = versions.written[candidates]
             col = versions.item[candidates][version]
             sub_bias = None if bias is None else bias[lo:hi]
-            scores = _scores(
-                self.scorers, query[lo:hi], self.table, fresh, row, col, version, sub_bias
-            )
+            scores = _scores(self.scorers, query[lo:hi], table, fresh, row, col, version, sub_bias)
             mask = keep[lo:hi]
             for scorer, s in scores.items():
                 s = s[mask]
