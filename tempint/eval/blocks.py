@@ -31,8 +31,9 @@ __all__ = ["BlockRanker", "ItemVersions", "CandidateTable"]
 # Queries ranked together against one table: bounds the [rows, versions] overwrite matrix.
 SUB_BLOCK = 256
 # Versions of earlier sub-blocks are patched into a copy of the table once overwriting
-# their scores (live versions × rows) would touch more than this times the table's size.
-PATCH_ABOVE = 1.0
+# their scores (live versions × rows) would touch more than this times the table's size:
+# a scattered score write costs some thirty times a copied table entry.
+PATCH_ABOVE = 1 / 32
 
 
 class ItemVersions:
