@@ -240,6 +240,41 @@ def test_memory_buffers_are_in_the_state_dict():
     assert {"memory.user", "memory.item", "memory.user_seen", "memory.item_seen"} <= set(keys)
 
 
+def _planned_and_step_by_step(m: JODIE, chunks: list[Chunk]) -> list[tuple]:
+    """(loss, gradients, user and item memory, per-step losses) of training `chunks` in one
+    graph, first through the planned path (`begin_chunk`), then step by step."""
+    m.train()
+    results = []
+    for planned in (True, False):
+        m.zero_grad(set_to_none=True)
+        m.reset_state()
+        total, step_losses = 0.0, []
+        for chunk in chunks:
+            if planned:
+                m.begin_chunk(chunk)
+            losses = [m(step).loss for step in chunk.steps]
+            m.end_chunk(chunk)
+            step_losses.append(losses)
+            total = total + sum(loss for loss in losses if loss is not None)
+        total.backward()
+        m.detach_state()
+        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+        memory = (m.memory.user.clone(), m.memory.item.clone())
+        results.append((total.detach(), grads, memory, step_losses))
+    return results
+
+
+def _assert_paths_agree(results: list[tuple]) -> None:
+    (l1, g1, m1, _), (l2, g2, m2, _) = results
+    torch.testing.assert_close(l1, l2)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        assert g1[name].layout == torch.strided
+        torch.testing.assert_close(g1[name], g2[name])
+    for a, b in zip(m1, m2, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -252,32 +287,10 @@ def test_memory_buffers_are_in_the_state_dict():
 )
 def test_chunk_path_equals_step_by_step(kw):
     """Losses gathered once per chunk equal the sum of per-t-batch losses, gradients too."""
-    m = model(**kw)
-    m.train()
-    chunk = Chunk(steps=steps_of(STREAM, CUTS))
-    results = []
-    for planned in (True, False):
-        m.zero_grad(set_to_none=True)
-        m.reset_state()
-        if planned:
-            m.begin_chunk(chunk)
-        losses = [m(s).loss for s in chunk.steps]
-        m.end_chunk(chunk)
-        if planned:
-            assert all(loss is None for loss in losses[:-1])
-        total = sum(loss for loss in losses if loss is not None)
-        total.backward()
-        m.detach_state()
-        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-        results.append((total.detach(), grads, m.memory.user.clone(), m.memory.item.clone()))
-    (l1, g1, u1, i1), (l2, g2, u2, i2) = results
-    torch.testing.assert_close(l1, l2)
-    assert g1.keys() == g2.keys()
-    for name in g1:
-        assert g1[name].layout == torch.strided
-        torch.testing.assert_close(g1[name], g2[name])
-    torch.testing.assert_close(u1, u2)
-    torch.testing.assert_close(i1, i2)
+    results = _planned_and_step_by_step(model(**kw), [Chunk(steps=steps_of(STREAM, CUTS))])
+    (planned_losses,) = results[0][3]
+    assert all(loss is None for loss in planned_losses[:-1])
+    _assert_paths_agree(results)
 
 
 def test_chunks_with_repeated_nodes_and_no_detach_equal_step_by_step():
@@ -285,32 +298,11 @@ def test_chunks_with_repeated_nodes_and_no_detach_equal_step_by_step():
     online evaluation keeps until its window ends): the planned path's losses, gradients
     and memory equal the step-by-step path's."""
     s = stream([0, 0, 1, 2, 2, 0, 3, 1, 1, 0], [1, 2, 1, 0, 3, 3, 4, 4, 0, 2])
-    chunks = [Chunk(steps=steps_of(s.select(torch.arange(0, 5)), [2, 4])), None]
-    chunks[1] = Chunk(steps=steps_of(s.select(torch.arange(5, 10)), [1, 3]))
-    m = model(static_embeddings=False)
-    m.train()
-    results = []
-    for planned in (True, False):
-        m.zero_grad(set_to_none=True)
-        m.reset_state()
-        total = 0.0
-        for chunk in chunks:
-            if planned:
-                m.begin_chunk(chunk)
-            losses = [m(step).loss for step in chunk.steps]
-            m.end_chunk(chunk)
-            total = total + sum(loss for loss in losses if loss is not None)
-        total.backward()
-        m.detach_state()
-        grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-        results.append((total.detach(), grads, m.memory.user.clone(), m.memory.item.clone()))
-    (l1, g1, u1, i1), (l2, g2, u2, i2) = results
-    torch.testing.assert_close(l1, l2)
-    assert g1.keys() == g2.keys()
-    for name in g1:
-        torch.testing.assert_close(g1[name], g2[name])
-    torch.testing.assert_close(u1, u2)
-    torch.testing.assert_close(i1, i2)
+    chunks = [
+        Chunk(steps=steps_of(s.select(torch.arange(0, 5)), [2, 4])),
+        Chunk(steps=steps_of(s.select(torch.arange(5, 10)), [1, 3])),
+    ]
+    _assert_paths_agree(_planned_and_step_by_step(model(static_embeddings=False), chunks))
 
 
 def test_cold_window_equals_a_fresh_replay_of_its_interactions():
