@@ -367,3 +367,27 @@ def test_a_shared_score_row_ranks_as_its_dense_copy(dtype):
     assert shared.stride(0) == 0
     for got, want in zip(rank_bounds(shared, target), rank_bounds(shared.clone(), target)):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.long])
+def test_column_tiles_count_as_whole_rows(dtype, monkeypatch):
+    """On a CPU the comparisons run tile by tile; with tiles narrower than the row (and a
+    last, partial tile) the bounds are the whole row's: a hand-written count per row."""
+    import tempint.eval.ranking as ranking
+
+    monkeypatch.setattr(ranking, "CPU_TILE_SCORES", 1)  # tiles of 1024 columns
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.randint(0, 7, (5, 2500), generator=gen).to(dtype)
+    if dtype.is_floating_point:
+        scores[:, 1500] = float("nan")
+        scores[0, 2100] = float("-inf")
+    target = torch.tensor([2100, 1500, 3, 1024, 2499])
+    best, worst = rank_bounds(scores, target)
+    for b in range(5):
+        row, true = scores[b].tolist(), scores[b, target[b]].item()
+        if math.isnan(true) or true == float("-inf"):
+            assert (best[b].item(), worst[b].item()) == (1 + sum(s > -math.inf for s in row), 2500)
+            continue
+        above = sum(s > true for s in row)
+        assert best[b].item() == 1 + above
+        assert worst[b].item() == above + sum(s == true for s in row)

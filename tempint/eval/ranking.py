@@ -144,18 +144,40 @@ def rank_bounds(scores: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         return _shared_row_bounds(scores[0], target.long())
     true = scores.gather(1, target.long().unsqueeze(1))
     if not scores.is_floating_point():
-        best = 1 + (scores > true).sum(1)
-        return best, best + (scores == true).sum(1) - 1
+        above, equal = _above_and_equal(scores, true)
+        return 1 + above, above + equal
     # NaN compares false with everything, so a NaN item already neither beats nor ties a
     # true score, as -inf would not. A true score that is NaN or -inf ranks as -inf: below
     # every score above -inf, tied with all the rest (NaN included), so its worst rank is
     # the catalogue size. Counted without rewriting the scores, and without a host sync.
     low = true.isnan() | (true == float("-inf"))
     true = torch.where(low, float("-inf"), true)
-    best = 1 + (scores > true).sum(1)
-    worst = best + (scores == true).sum(1) - 1
-    worst = torch.where(low.squeeze(1), scores.shape[1], worst)
+    above, equal = _above_and_equal(scores, true)
+    best = 1 + above
+    worst = torch.where(low.squeeze(1), scores.shape[1], above + equal)
     return best, worst
+
+
+# On a CPU the comparisons run over column tiles of about this many scores, so that each
+# tile's masks are summed while still in cache: three times faster than whole rows at
+# 10^5 items. Other devices compare whole rows in one launch.
+CPU_TILE_SCORES = 1 << 19
+
+
+def _above_and_equal(scores: Tensor, true: Tensor) -> tuple[Tensor, Tensor]:
+    """(#(s > true), #(s == true)) [B] (long) of each row of `scores` [B, I], true [B, 1]."""
+    rows, size = scores.shape
+    width = size
+    if scores.device.type == "cpu":
+        width = max(1024, CPU_TILE_SCORES // max(rows, 1))
+    above = torch.zeros(rows, dtype=torch.long, device=scores.device)
+    equal = torch.zeros_like(above)
+    for lo in range(0, size, width):
+        tile = scores[:, lo : lo + width]
+        # a bool mask summed as bytes into int32: no widening of the mask to int64
+        above += (tile > true).view(torch.uint8).sum(1, dtype=torch.int32)
+        equal += (tile == true).view(torch.uint8).sum(1, dtype=torch.int32)
+    return above, equal
 
 
 # Queries sharing one score row are ranked by sorting it once when there are more of them
