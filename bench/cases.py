@@ -164,7 +164,7 @@ def measure_training(
     split = metrics["split"]
     return {
         "dim": _model_dim(cfg),
-        "learned": bool(objects["model"].learned),
+        "learned": bool(objects["model"].capabilities.learned),
         "num_users": metrics["num_users"],
         "num_items": metrics["num_items"],
         "num_interactions": split.get("num_interactions"),

@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tempint.data.batch import Interactions
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import Capabilities, InteractionModel, Mode, Output
 
 
 class GRU4Rec(InteractionModel):
     """Query: the user's hidden state after its previous item; candidates: item embeddings."""
 
-    scorers = ("native",)  # the dot product the softmax was trained on
-    per_user_state = True
+    # the dot product the softmax was trained on
+    capabilities = Capabilities(scorers=("native",), per_user_state=True)
 
     def __init__(self, num_users: int, num_items: int, dim: int = 64, negatives: int = 256):
         super().__init__(num_users, num_items)
@@ -36,15 +36,15 @@ class GRU4Rec(InteractionModel):
     def reset_state(self) -> None:
         self.lagged.zero_()
 
-    def forward(self, batch: Interactions) -> Output:
+    def forward(self, batch: Interactions, mode: Mode) -> Output:
         seen = batch.prev_item >= 0
         lagged = self.lagged[batch.user]
         folded = self.cell(self.item(batch.prev_item.clamp_min(0)), lagged)
         query = torch.where(seen[:, None], folded, lagged)  # [B, d]: nothing seen yet -> 0
         losses = {}
-        if self.training:
+        if mode.losses:
             losses["sampled_softmax"] = self._sampled_softmax(query, batch.item)
-        scores = None if self.training else query @ self.item.weight.T  # [B, I]
+        scores = query @ self.item.weight.T if mode.scores else None  # [B, I]
         self.lagged.index_copy_(0, batch.user, query.detach())
         return Output(scores=scores, losses=losses)
 

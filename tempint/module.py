@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tempint.data.batch import Chunk, Interactions
+from tempint.data.batch import Chunk
 from tempint.errors import ConfigError, UserError
 from tempint.eval.protocol import StreamEvaluator, restore_state, score_chunk, snapshot_state
 from tempint.models.base import InteractionModel
@@ -65,7 +65,7 @@ class InteractionModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.gradient_clip = gradient_clip
         self.ties = ties
-        self.val_scorers = list(model.scorers) if scorer == "auto" else [scorer]
+        self.val_scorers = list(model.capabilities.scorers) if scorer == "auto" else [scorer]
         self.epoch_seconds: list[float] = []
         self.train_interactions = 0
         self._epoch_start = 0.0
@@ -125,7 +125,7 @@ class InteractionModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if not params or self.optimizer_factory is None or not self.model.learned:
+        if not params or self.optimizer_factory is None or not self.model.capabilities.learned:
             return None
         optimizer = self.build_optimizer(params)
         if self.scheduler_factory is None:
@@ -147,24 +147,8 @@ class InteractionModule(L.LightningModule):
         self._epoch_interactions = 0
 
     def run_chunk(self, chunk: Chunk) -> Tensor | None:
-        """Forward every step of a chunk in order; the summed loss of its steps.
-
-        A heuristic whose updates commute (`step_updates_commute`) has nothing to learn
-        and ends in the same state from one forward over the chunk's steps together.
-        """
-        self.model.begin_chunk(chunk)
-        total: Tensor | None = None
-        steps = chunk.steps
-        if not self.model.learned and self.model.step_updates_commute and len(steps) > 1:
-            steps = [Interactions.concat(steps)]
-        for step in steps:
-            loss = self.model(step).loss
-            if loss is not None:
-                total = loss if total is None else total + loss
-        for extra in self.model.chunk_losses().values():
-            total = extra if total is None else total + extra
-        self.model.end_chunk(chunk)
-        return total
+        """The summed training loss of a chunk (`InteractionModel.train_chunk`)."""
+        return self.model.train_chunk(chunk)
 
     def training_step(self, chunk: Chunk, batch_idx: int) -> None:
         loss = self.run_chunk(chunk)

@@ -110,7 +110,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     dm.val_kind = eval_kind(model, dm, cfg.eval.scorer, "frozen")
     module = InteractionModule(
         model,
-        optimizer=instantiate(cfg.optimizer) if model.learned else None,
+        optimizer=instantiate(cfg.optimizer) if model.capabilities.learned else None,
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         gradient_clip=cfg.get("gradient_clip"),
         ties=cfg.eval.ties,
@@ -135,7 +135,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         lg.log_hyperparams(resolved)  # the W&B run's config, the CSV logger's hparams.yaml
     callbacks.append(DivergenceWarning())
     trainer_overrides: dict[str, Any] = _cluster_plugins()
-    if not model.learned:
+    if not model.capabilities.learned:
         trainer_overrides["max_epochs"] = 1  # counting the training stream once is all there is
     trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **trainer_overrides

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from tempint.data.batch import Interactions
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import InteractionModel, Mode, Output
 
 
 def hand_made(
@@ -43,7 +43,7 @@ def replay(
     """`read` of each consecutive batch of `size` rows, state carried, no autograd."""
     with torch.no_grad():
         return [
-            read(model(stream.select(torch.arange(lo, min(lo + size, len(stream))))))
+            read(model(stream.select(torch.arange(lo, min(lo + size, len(stream)))), Mode.SCORE))
             for lo in range(0, len(stream), size)
         ]
 

@@ -12,6 +12,7 @@ import tempint.models.deepred as deepred
 from tempint.data.samplers import TBatchSampler, block_plans, user_step_plans
 from tempint.eval.blocks import ItemVersions
 from tempint.eval.protocol import StreamEvaluator, can_rank_blocks, run_stream
+from tempint.models.base import Mode
 from tempint.models.deepred import DeePRed
 from tempint.models.heuristics import Recency
 from tempint.models.imn import IterativeMemoryNetwork
@@ -81,7 +82,7 @@ def _replay_train(model, dm):
     with torch.no_grad():
         for chunk in dm.chunks(dm.exact_plans("train")):
             for step in chunk.steps:
-                model(step)
+                model(step, Mode.SCORE)
 
 
 MODELS = {
@@ -108,7 +109,7 @@ def test_block_ranking_equals_a_one_interaction_at_a_time_replay(name, patch_abo
     torch.manual_seed(0)
     dm = datamodule_for(repeating_stream(), TBatchSampler(4), eval_max_batch_size=1, history_k=4)
     model = MODELS[name](dm.num_users, dm.num_items)
-    scorers = list(model.scorers)
+    scorers = list(model.capabilities.scorers)
     assert can_rank_blocks(model, "auto", "frozen")
     _replay_train(model, dm)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -183,7 +184,7 @@ def test_per_user_state_models_score_user_steps_as_one_at_a_time(name):
     torch.manual_seed(0)
     dm = datamodule_for(repeating_stream(), TBatchSampler(4), eval_max_batch_size=1)
     model = PER_USER[name](dm.num_users, dm.num_items)
-    assert model.per_user_state
+    assert model.capabilities.per_user_state
     _replay_train(model, dm)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     results = {}
@@ -235,7 +236,7 @@ def test_a_tiny_score_bound_cuts_steps_and_blocks_and_keeps_every_rank(name):
             assert max(rows) > 3  # the default bound allows larger steps here
         model.load_state_dict(state)
         model.detach_state()
-        evaluator = StreamEvaluator(list(model.scorers), ties="average")
+        evaluator = StreamEvaluator(list(model.capabilities.scorers), ties="average")
         results[max_scores] = run_stream(model, chunks, evaluator)
     bounded, free = results[bound], results[None]
     assert bounded.count == free.count == dm.split.val_end - dm.split.train_end
@@ -262,7 +263,7 @@ def test_a_tiny_score_bound_cuts_evaluation_windows_and_keeps_every_rank():
         assert windows <= 2 if max_scores else windows > 2
         model.load_state_dict(state)
         model.reset_state()
-        evaluator = StreamEvaluator(list(model.scorers), ties="average")
+        evaluator = StreamEvaluator(list(model.capabilities.scorers), ties="average")
         results[max_scores] = run_stream(model, chunks, evaluator)
     bounded, free = results[2 * dm.num_items], results[None]
     assert bounded.count == free.count == dm.split.val_end - dm.split.train_end

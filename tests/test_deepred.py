@@ -7,6 +7,7 @@ import torch
 from tempint.data.batch import Interactions
 from tempint.data.features import partner_history
 from tempint.errors import ConfigError
+from tempint.models.base import Mode
 from tempint.models.deepred import DeePRed
 from tests.streams import assert_reset_replays_the_same, hand_made
 from tests.streams import replay as replay_outputs
@@ -90,7 +91,7 @@ def test_item_side_consumes_the_item_history():
     batch.item_history = torch.tensor([[2, -1, -1]])  # the item's users: only user 2
     batch.item_history_dt = torch.tensor([[0.7, 0.0, 0.0]])
     with torch.no_grad():
-        m(batch)
+        m(batch, Mode.SCORE)
         expected, _ = m.encoder(torch.cat((m.embedding.weight[2], torch.tensor([0.7])))[None, None])
         wrong, _ = m.encoder(
             torch.cat((m.embedding.weight[NUM_USERS + 3], torch.tensor([1.0])))[None, None]
@@ -104,7 +105,7 @@ def test_query_and_candidates_without_history_are_long_term_embeddings():
     m = model().eval()
     stream = make_stream(EVENTS)
     with torch.no_grad():
-        out = m(stream.select(torch.arange(3)))  # every user's first interaction
+        out = m(stream.select(torch.arange(3)), Mode.SCORE)  # every user's first interaction
     torch.testing.assert_close(out.query, m.embedding.weight[:3])
     torch.testing.assert_close(out.candidates, m.embedding.weight[NUM_USERS:])
     assert out.query.shape == (3, 8) and out.candidates.shape == (NUM_ITEMS, 8)
@@ -114,8 +115,8 @@ def test_buffer_keeps_the_latest_interaction_whatever_the_row_order():
     stream = make_stream(EVENTS)
     forward, backward = model().eval(), model().eval()
     with torch.no_grad():
-        forward(stream)
-        backward(stream.select(torch.arange(len(stream) - 1, -1, -1)))
+        forward(stream, Mode.SCORE)
+        backward(stream.select(torch.arange(len(stream) - 1, -1, -1)), Mode.SCORE)
     torch.testing.assert_close(forward.item_short, backward.item_short)
     torch.testing.assert_close(forward.user_short, backward.user_short)
     assert forward.user_index.tolist() == [15, 16, 17]
@@ -125,7 +126,7 @@ def test_buffer_keeps_the_latest_interaction_whatever_the_row_order():
     assert forward.item_index.tolist() == [last[i] for i in range(NUM_ITEMS)]
     # an older interaction never overwrites a newer one
     with torch.no_grad():
-        forward(stream.select(torch.arange(3)))
+        forward(stream.select(torch.arange(3)), Mode.SCORE)
     torch.testing.assert_close(forward.item_short, backward.item_short)
 
 
@@ -144,12 +145,12 @@ def test_training_lowers_the_loss():
     for _ in range(40):
         m.reset_state()
         optimiser.zero_grad()
-        loss = m(stream).loss
+        loss = m(stream, Mode.TRAIN).loss
         loss.backward()
         optimiser.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
-    assert set(m(stream).losses) == {"objective", "orthogonality"}
+    assert set(m(stream, Mode.TRAIN).losses) == {"objective", "orthogonality"}
 
 
 def test_latest_query_is_the_users_short_term_embedding_from_its_last_interaction():
@@ -157,16 +158,16 @@ def test_latest_query_is_the_users_short_term_embedding_from_its_last_interactio
     stream = make_stream(EVENTS)
     m = model().eval()
     with torch.no_grad():
-        m(stream.select(torch.arange(6)))  # each user's first two interactions
+        m(stream.select(torch.arange(6)), Mode.SCORE)  # each user's first two interactions
         u_second = m.user_short.clone()
-        out = m(stream.select(torch.arange(6, 9)))
+        out = m(stream.select(torch.arange(6, 9)), Mode.SCORE)
     torch.testing.assert_close(out.query, u_second)
     assert not torch.allclose(out.query, m.embedding.weight[:3])  # not the long-term E(u)
     # the history query is the self-attention over the partners, another vector
     h = model(query="history").eval()
     with torch.no_grad():
-        h(stream.select(torch.arange(6)))
-        assert not torch.allclose(h(stream.select(torch.arange(6, 9))).query, out.query)
+        h(stream.select(torch.arange(6)), Mode.SCORE)
+        assert not torch.allclose(h(stream.select(torch.arange(6, 9)), Mode.SCORE).query, out.query)
 
 
 @pytest.mark.parametrize("query", ["latest", "history"])
@@ -179,14 +180,14 @@ def test_a_contiguous_step_with_repeats_scores_as_single_interactions_do(query):
     torch.testing.assert_close(whole, one_by_one)
     shuffled = model(query=query).eval()
     with torch.no_grad():
-        out = shuffled(stream.select(torch.arange(len(stream) - 1, -1, -1)))
+        out = shuffled(stream.select(torch.arange(len(stream) - 1, -1, -1)), Mode.SCORE)
     torch.testing.assert_close(distances(out).flip(0), one_by_one)
     with torch.no_grad():
-        out = model(query=query).eval()(stream)
+        out = model(query=query).eval()(stream, Mode.SCORE)
     assert out.candidates.shape == (len(stream), NUM_ITEMS, 8)
     # a step without repeats keeps the shared table
     with torch.no_grad():
-        assert m(stream.select(torch.arange(3))).candidates.shape == (NUM_ITEMS, 8)
+        assert m(stream.select(torch.arange(3)), Mode.SCORE).candidates.shape == (NUM_ITEMS, 8)
 
 
 def test_unknown_query_is_a_config_error():

@@ -11,6 +11,7 @@ import torch
 
 import tempint.models.components.pairs as pairs
 from tempint.eval.protocol import restore_state, snapshot_state
+from tempint.models.base import Mode
 from tempint.models.field_heuristics import (
     DecayedPairCounts,
     EdgeBank,
@@ -23,13 +24,13 @@ from tests.streams import assert_reset_replays_the_same, hand_made
 
 def _feed(model, users, items, t):
     with torch.no_grad():
-        model(hand_made(users, items, t))
+        model(hand_made(users, items, t), Mode.TRAIN)
     model.eval()
 
 
 def _scores(model, user, t, item=0):
     with torch.no_grad():
-        return model(hand_made([user], [item], [t])).scores[0]
+        return model(hand_made([user], [item], [t]), Mode.SCORE).scores[0]
 
 
 def _entries(table) -> tuple[list, torch.Tensor]:
@@ -100,8 +101,8 @@ def test_user_frequency_step_updates_commute():
     one, many = UserFrequency(2, 3, 4.0), UserFrequency(2, 3, 4.0)
     with torch.no_grad():
         for i in range(4):
-            one(stream.select(torch.tensor([i])))
-        many(stream)
+            one(stream.select(torch.tensor([i])), Mode.TRAIN)
+        many(stream, Mode.TRAIN)
     assert _entries(one.pairs)[0] == _entries(many.pairs)[0]
     torch.testing.assert_close(_entries(one.pairs)[1], _entries(many.pairs)[1])
 
@@ -121,10 +122,10 @@ def test_reset_replays_and_grown_tables_restore(model):
     assert_reset_replays_the_same(model, stream, size=2)
     model.reset_state()
     with torch.no_grad():
-        model(stream.select(torch.arange(2)))
+        model(stream.select(torch.arange(2)), Mode.SCORE)
     saved = snapshot_state(model)
     with torch.no_grad():
-        model(stream.select(torch.arange(2, 6)))  # the pair table grows
+        model(stream.select(torch.arange(2, 6)), Mode.SCORE)  # the pair table grows
     restore_state(model, saved)
     for name, value in model.named_buffers():
         assert torch.equal(value, saved[name])
@@ -183,10 +184,10 @@ def test_replaying_runs_of_steps_scores_as_one_forward_per_step(name, min_recent
     stepwise, runs = MODELS[name](), MODELS[name]()
     for model in (stepwise, runs):
         with torch.no_grad():
-            model(stream.select(torch.arange(train_end)))  # training: state only
+            model(stream.select(torch.arange(train_end)), Mode.TRAIN)  # training: state only
         model.eval()
     with torch.no_grad():
-        want = torch.cat([stepwise(step).scores for step in steps])
+        want = torch.cat([stepwise(step, Mode.SCORE).scores for step in steps])
         sizes = torch.randint(1, 9, (len(steps),), generator=torch.Generator().manual_seed(1))
         got, lo = [], 0
         for size in sizes.tolist():
@@ -206,7 +207,9 @@ def test_replaying_runs_of_steps_scores_as_one_forward_per_step(name, min_recent
         torch.testing.assert_close(after[key], before[key], rtol=1e-12, atol=0, msg=key)
     probe = hand_made([0, 3, 5], [1, 2, 6], [float(stream.t[-1]) + 2] * 3)
     with torch.no_grad():
-        torch.testing.assert_close(runs(probe).scores, stepwise(probe).scores, rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            runs(probe, Mode.SCORE).scores, stepwise(probe, Mode.SCORE).scores, rtol=1e-12, atol=0
+        )
 
 
 def test_a_run_scores_each_step_from_the_steps_before_it():
@@ -239,9 +242,9 @@ def test_state_after_many_steps_is_the_state_after_one(name, monkeypatch):
     stream = _random_stream(n=120, seed=2)
     one, many = MODELS[name](), MODELS[name]()
     with torch.no_grad():
-        one(stream)
+        one(stream, Mode.TRAIN)
         for lo in range(0, len(stream), 7):
-            many(stream.select(torch.arange(lo, min(lo + 7, len(stream)))))
+            many(stream.select(torch.arange(lo, min(lo + 7, len(stream)))), Mode.TRAIN)
     want, got = _state(one), _state(many)
     assert len(want["pair keys"]) == len(set(zip(stream.user.tolist(), stream.item.tolist())))
     for key in want:

@@ -27,7 +27,7 @@ from tempint.eval.ranking import (
     score_candidates,
     score_output,
 )
-from tempint.models.base import Output
+from tempint.models.base import Mode, Output
 from tempint.models.field_heuristics import EdgeBank
 from tempint.models.heuristics import Recency
 from tests.streams import hand_made
@@ -198,11 +198,11 @@ def test_a_batch_is_scored_from_the_state_before_it(model_cls):
     forward); Recency's state is put back and replayed."""
     model = model_cls(1, 3)
     with torch.no_grad():
-        model(hand_made([0], [0], [0.0]))
+        model(hand_made([0], [0], [0.0]), Mode.TRAIN)
     evals = hand_made([0, 0], [1, 1], [1.0, 2.0], index=torch.tensor([1, 2]))
     one = evals.select(torch.tensor([0]))
     two = evals.select(torch.tensor([1]))
-    commute = getattr(model, "step_updates_commute", False)
+    commute = model.capabilities.step_updates_commute
     batch = _batch(evals, None if commute else [one, two])
     ev = StreamEvaluator(["native"], tags=())
     run_stream(model, [batch], ev)
@@ -212,7 +212,7 @@ def test_a_batch_is_scored_from_the_state_before_it(model_cls):
     # the state afterwards is the event-by-event state: the pair (0, 1) is known
     model.eval()
     with torch.no_grad():
-        scores = model(hand_made([0], [2], [3.0])).scores[0]
+        scores = model(hand_made([0], [2], [3.0]), Mode.SCORE).scores[0]
     assert scores[1] > scores[2]
 
 

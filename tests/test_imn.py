@@ -5,6 +5,7 @@ import torch
 
 from tempint.data.batch import Interactions
 from tempint.errors import ConfigError
+from tempint.models.base import Mode
 from tempint.models.imn import IterativeMemoryNetwork, MultiWayAttention, multiway_features
 from tests.streams import assert_reset_replays_the_same, hand_made, replay
 
@@ -51,7 +52,7 @@ def test_sequence_register_is_most_recent_first_and_keeps_a_repeated_users_last_
     assert m.seq_item.tolist() == [[4, 3, 1], [2, -1, -1], [-1, -1, -1]]
     assert m.seq_t[0].tolist() == [5.0, 2.0, 0.0]
     with torch.no_grad():
-        m(make_stream([(1, 5, 7.0), (1, 0, 8.0)]))  # one step, user 1 twice
+        m(make_stream([(1, 5, 7.0), (1, 0, 8.0)]), Mode.SCORE)  # one step, user 1 twice
     assert m.seq_item[1].tolist() == [0, 2, -1]
 
 
@@ -74,7 +75,7 @@ def test_evaluation_scores_every_item_and_training_returns_losses(eval_mode):
     scores = replay(m, stream)
     assert all(s.shape == (3, NUM_ITEMS) and bool(s.isfinite().all()) for s in scores)
     m.train()
-    out = m(stream.select(torch.arange(3)))
+    out = m(stream.select(torch.arange(3)), Mode.TRAIN)
     assert out.scores is None and set(out.losses) == {"factorised", "full"}
 
 
@@ -86,7 +87,7 @@ def test_full_evaluation_is_the_paper_score_of_each_candidate():
     with torch.no_grad():
         e, valid = m.sequence(batch.user, batch.t)
         expected = m.full_scores(e, valid, torch.arange(NUM_ITEMS).expand(3, -1))
-        got = m(batch).scores
+        got = m(batch, Mode.SCORE).scores
     torch.testing.assert_close(got, expected)
 
 
@@ -114,7 +115,7 @@ def test_training_lowers_the_loss(options):
         total = 0.0
         for lo in range(0, len(stream), 3):
             optimiser.zero_grad()
-            out = m(stream.select(torch.arange(lo, lo + 3)))
+            out = m(stream.select(torch.arange(lo, lo + 3)), Mode.TRAIN)
             out.loss.backward()
             optimiser.step()
             total += float(out.loss.detach())

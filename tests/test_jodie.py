@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tempint.data.batch import Chunk, Interactions
 from tempint.data.samplers import window_chunk
 from tempint.errors import ConfigError
+from tempint.models.base import Mode
 from tempint.models.jodie import JODIE
 
 USERS, ITEMS, DIM = 4, 5, 3
@@ -73,7 +74,7 @@ def test_update_reads_pre_update_partner_states():
         m.memory.write_users(torch.tensor([0, 1]), torch.randn(2, DIM, dtype=torch.float64))
         m.memory.write_items(torch.tensor([0, 1]), torch.randn(2, DIM, dtype=torch.float64))
         u, i = m.memory.read_users(b.user), m.memory.read_items(b.item)
-        m(b)
+        m(b, Mode.SCORE)
     w, a, bias = m.update.weight, m.update.time_weight, m.update.bias
     d = DIM
     for k in range(2):  # each side's RNN cell by hand, from the states before the step
@@ -92,10 +93,10 @@ def test_a_side_never_sees_the_other_sides_delta():
     other = copy.copy(b)
     other.delta_item = b.delta_item + 5.0
     with torch.no_grad():
-        m(b)
+        m(b, Mode.SCORE)
         first = m.memory.user[0].clone()
         m.reset_state()
-        m(other)
+        m(other, Mode.SCORE)
     torch.testing.assert_close(m.memory.user[0], first)
 
 
@@ -104,20 +105,20 @@ def test_prediction_reads_the_previous_item_not_the_target():
     m.eval()
     with torch.no_grad():
         for s in steps_of(STREAM, CUTS)[:2]:
-            m(s)
+            m(s, Mode.SCORE)
         b = STREAM.select(torch.tensor([3]))  # user 0 (previous item 0) -> item 1
         assert b.prev_item.item() == 0 and b.item.item() == 1
-        before = m(b).query
+        before = m(b, Mode.SCORE).query
         m.reset_state()
         for s in steps_of(STREAM, CUTS)[:2]:
-            m(s)
+            m(s, Mode.SCORE)
         m.memory.write_items(torch.tensor([1]), torch.randn(1, DIM, dtype=torch.float64))
-        assert torch.equal(m(b).query, before)  # the target's state does not enter
+        assert torch.equal(m(b, Mode.SCORE).query, before)  # the target's state does not enter
         m.reset_state()
         for s in steps_of(STREAM, CUTS)[:2]:
-            m(s)
+            m(s, Mode.SCORE)
         m.memory.write_items(torch.tensor([0]), torch.randn(1, DIM, dtype=torch.float64))
-        assert not torch.allclose(m(b).query, before)  # the previous item's does
+        assert not torch.allclose(m(b, Mode.SCORE).query, before)  # the previous item's does
 
 
 def test_prediction_and_native_scores_match_the_paper_form():
@@ -126,7 +127,7 @@ def test_prediction_and_native_scores_match_the_paper_form():
     steps = steps_of(STREAM, CUTS)
     with torch.no_grad():
         for s in steps[:2]:
-            m(s)
+            m(s, Mode.SCORE)
         b = steps[2]
         user = m.memory.read_users(b.user)
         prev = torch.where(
@@ -139,7 +140,7 @@ def test_prediction_and_native_scores_match_the_paper_form():
             (m.memory.item_table(), torch.eye(ITEMS, dtype=torch.float64)), dim=1
         )
         explicit = -torch.cdist(pred, full_items).square()
-        out = m(b)
+        out = m(b, Mode.SCORE)
     torch.testing.assert_close(out.query, pred[:, :DIM])
     torch.testing.assert_close(out.scores, explicit)
     torch.testing.assert_close(out.candidates, full_items[:, :DIM])
@@ -150,7 +151,7 @@ def test_loss_matches_the_published_formula_and_its_gradient():
     m.sparse_gradients = False  # gradcheck takes gradients without accumulating them
     b = STREAM.select(torch.tensor([0, 1]))
     m.train()
-    out = m(b)
+    out = m(b, Mode.TRAIN)
     u0, i0 = m.memory.user_init.expand(2, DIM), m.memory.item_init.expand(2, DIM)
     pred = paper_prediction(m, u0, i0, b)  # no previous item: the padding item
     target = torch.cat((i0, F.one_hot(b.item, ITEMS).double()), dim=1)
@@ -177,7 +178,7 @@ def test_loss_matches_the_published_formula_and_its_gradient():
 
     def loss(*ps):
         m.reset_state()
-        return torch.func.functional_call(m, dict(zip(names, ps)), (b,)).loss
+        return torch.func.functional_call(m, dict(zip(names, ps)), (b, Mode.TRAIN)).loss
 
     assert torch.autograd.gradcheck(loss, params, fast_mode=True)
 
@@ -188,24 +189,24 @@ def test_scores_do_not_depend_on_the_batch_targets():
     steps = steps_of(STREAM, CUTS)
     with torch.no_grad():
         for s in steps[:2]:
-            m(s)
+            m(s, Mode.SCORE)
         state = copy.deepcopy(m.state_dict())
         b = steps[2]
-        scores = m(b).scores
+        scores = m(b, Mode.SCORE).scores
         m.load_state_dict(state)
         other = copy.copy(b)
         other.item = (b.item + 2) % ITEMS
-        assert torch.equal(m(other).scores, scores)
+        assert torch.equal(m(other, Mode.SCORE).scores, scores)
 
 
 def test_training_builds_no_all_item_scores():
     m = model()
     m.train()
-    out = m(STREAM.select(torch.tensor([0, 1])))
+    out = m(STREAM.select(torch.tensor([0, 1])), Mode.TRAIN)
     assert out.scores is None and out.candidates is None and out.loss.requires_grad
     m.eval()
     with torch.no_grad():
-        out = m(STREAM.select(torch.tensor([2])))
+        out = m(STREAM.select(torch.tensor([2])), Mode.SCORE)
     assert out.scores.shape == (1, ITEMS) and not out.losses
 
 
@@ -216,7 +217,7 @@ def test_reset_state_and_replay_reproduce_scores():
     def replay():
         m.reset_state()
         with torch.no_grad():
-            return torch.cat([m(s).scores for s in steps_of(STREAM, CUTS)])
+            return torch.cat([m(s, Mode.SCORE).scores for s in steps_of(STREAM, CUTS)])
 
     first = replay()
     assert torch.equal(replay(), first)
@@ -226,13 +227,13 @@ def test_detach_state_cuts_the_graph():
     m = model()
     m.train()
     steps = steps_of(STREAM, CUTS)
-    m(steps[0]).loss.backward()
+    m(steps[0], Mode.TRAIN).loss.backward()
     with pytest.raises(RuntimeError):  # the memory still hangs on the freed graph
-        m(steps[1]).loss.backward()
+        m(steps[1], Mode.TRAIN).loss.backward()
     m.reset_state()
-    m(steps[0]).loss.backward()
+    m(steps[0], Mode.TRAIN).loss.backward()
     m.detach_state()
-    m(steps[1]).loss.backward()
+    m(steps[1], Mode.TRAIN).loss.backward()
 
 
 def test_memory_buffers_are_in_the_state_dict():
@@ -242,7 +243,7 @@ def test_memory_buffers_are_in_the_state_dict():
 
 def _planned_and_step_by_step(m: JODIE, chunks: list[Chunk]) -> list[tuple]:
     """(loss, gradients, user and item memory, per-step losses) of training `chunks` in one
-    graph, first through the planned path (`begin_chunk`), then step by step."""
+    graph, first through the planned path (`run_chunk`), then step by step."""
     m.train()
     results = []
     for planned in (True, False):
@@ -251,9 +252,9 @@ def _planned_and_step_by_step(m: JODIE, chunks: list[Chunk]) -> list[tuple]:
         total, step_losses = 0.0, []
         for chunk in chunks:
             if planned:
-                m.begin_chunk(chunk)
-            losses = [m(step).loss for step in chunk.steps]
-            m.end_chunk(chunk)
+                losses = [out.loss for out in m.run_chunk(chunk, Mode.TRAIN)]
+            else:
+                losses = [m(step, Mode.TRAIN).loss for step in chunk.steps]
             step_losses.append(losses)
             total = total + sum(loss for loss in losses if loss is not None)
         total.backward()
@@ -325,13 +326,15 @@ def test_cold_window_equals_a_fresh_replay_of_its_interactions():
     )
     with torch.no_grad():
         m.reset_state()
-        m.begin_chunk(chunk)
-        windowed = torch.stack([m(s).scores for s in chunk.steps], dim=1)  # [B, L, ITEMS]
-        m.end_chunk(chunk)
+        outputs = m.run_chunk(chunk, Mode.SCORE)
+        windowed = torch.stack([out.scores for out in outputs], dim=1)  # [B, L, ITEMS]
         for b, start in enumerate(starts):
             m.reset_state()
             fresh = torch.cat(
-                [m(STREAM.select(torch.tensor([start + k]))).scores for k in range(length)]
+                [
+                    m(STREAM.select(torch.tensor([start + k])), Mode.SCORE).scores
+                    for k in range(length)
+                ]
             )
             torch.testing.assert_close(windowed[b], fresh)
 

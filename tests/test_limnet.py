@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
+from tempint.models.base import Mode
 from tempint.models.limnet import LiMNet
 
 
@@ -57,7 +58,7 @@ def test_one_step_is_two_gru_cells_on_pre_update_states():
     with torch.no_grad():
         want_u = _gru(cell, 0)(torch.cat((m_i, f_u))[None], m_u[None])
         want_i = _gru(cell, 1)(torch.cat((m_u, f_i))[None], m_i[None])
-        out = model(batch)
+        out = model(batch, Mode.SCORE)
     torch.testing.assert_close(out.query, m_u[None])  # prediction from the state before
     torch.testing.assert_close(model.memory.user[1:2], want_u)
     torch.testing.assert_close(model.memory.item[2:3], want_i)
@@ -66,7 +67,7 @@ def test_one_step_is_two_gru_cells_on_pre_update_states():
     with torch.no_grad():
         next_u = _gru(cell, 0)(torch.cat((want_i[0], f_u))[None], want_u)
         next_i = _gru(cell, 1)(torch.cat((want_u[0], f_i))[None], want_i)
-        out = model(batch)
+        out = model(batch, Mode.SCORE)
     torch.testing.assert_close(out.query, want_u)
     torch.testing.assert_close(out.candidates[2:3], want_i)
     torch.testing.assert_close(model.memory.user[1:2], next_u)
@@ -75,8 +76,8 @@ def test_one_step_is_two_gru_cells_on_pre_update_states():
 
 def test_normalize_gives_unit_norms_everywhere():
     model = _model(normalize=True, dim=4, layers=2)
-    out = model(_batch([0, 1], [0, 1]))
-    out = model(_batch([0, 2], [1, 3]))
+    out = model(_batch([0, 1], [0, 1]), Mode.ONLINE)
+    out = model(_batch([0, 2], [1, 3]), Mode.ONLINE)
     ones = torch.ones(2)
     torch.testing.assert_close(out.query.norm(dim=-1), ones)  # user 2 reads the initial vector
     torch.testing.assert_close(out.candidates.norm(dim=-1), torch.ones(4))
@@ -91,7 +92,7 @@ def test_stacked_layer_reads_leaky_relu_of_the_new_states():
     batch = _batch([0], [1])
     init_u, init_i = model.memory.user_init.detach(), model.memory.item_init.detach()
     with torch.no_grad():
-        model(batch)
+        model(batch, Mode.SCORE)
         u1, i1 = model.memory.user[0, :3], model.memory.item[1, :3]
         lower = F.leaky_relu(torch.cat((u1, i1)), 0.2)
         assert (torch.cat((u1, i1)) < 0).any()  # the activation matters
@@ -114,9 +115,9 @@ def test_lstm_keeps_a_cell_state():
         lstm.bias_hh.zero_()
         init_u, init_i = model.memory.user_init, model.memory.item_init
         h, c = lstm(init_i[None, :3], (init_u[None, :3], init_u[None, 3:]))
-        model(_batch([2], [0]))
+        model(_batch([2], [0]), Mode.SCORE)
         torch.testing.assert_close(model.memory.user[2:3], torch.cat((h, c), dim=-1))
-        out = model(_batch([2], [0]))
+        out = model(_batch([2], [0]), Mode.SCORE)
     torch.testing.assert_close(out.query, h)  # ranks with h, not c
 
 
@@ -125,7 +126,7 @@ def test_fastgrnn_follows_its_update_rule():
     cell = model.cells[0]
     m_u, m_i = model.memory.user_init.detach(), model.memory.item_init.detach()
     with torch.no_grad():
-        model(_batch([0], [0]))
+        model(_batch([0], [0]), Mode.SCORE)
         pre = m_i @ cell.weight_ih[0] + m_u @ cell.weight_hh[0]
         z = torch.sigmoid(pre + cell.bias_z[0, 0])
         h_tilde = torch.tanh(pre + cell.bias_h[0, 0])
@@ -138,8 +139,8 @@ def test_fastgrnn_follows_its_update_rule():
 @pytest.mark.parametrize("layers", [1, 3])
 def test_every_cell_trains(cell, layers):
     model = _model(cell=cell, layers=layers, normalize=True)
-    first = model(_batch([0, 1], [0, 1]))
-    second = model(_batch([0, 2], [1, 0]))
+    first = model(_batch([0, 1], [0, 1]), Mode.ONLINE)
+    second = model(_batch([0, 2], [1, 0]), Mode.ONLINE)
     (first.loss + second.loss).backward()
     grads = [p.grad for p in model.cells.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -154,7 +155,7 @@ def test_time_options_set_the_input_sizes(time_features, time_delta, features):
     model = _model(time_features=time_features, time_delta=time_delta, layers=2, dim=8)
     assert model.cells[0].input_size == 8 + features
     assert model.cells[1].input_size == 8 + features + 16
-    model(_batch([0], [0]))  # the feature tensor matches the declared size
+    model(_batch([0], [0]), Mode.TRAIN)  # the feature tensor matches the declared size
 
 
 def test_time_options_pick_the_cyclic_columns():
@@ -180,7 +181,7 @@ def test_loss_values_on_two_interactions(loss, objective):
     # spread: users u0·u1 = 0 -> 0; items i0·i1 = 1 -> (1² + 1²)/2 ordered pairs = 1
     model = _model(dim=2, loss=loss, objective_weight=2.0, spread_weight=0.5)
     _seeded(model, [[1.0, 0.0], [0.0, 2.0]], [[1.0, 1.0], [0.0, 1.0]])
-    out = model(_batch([0, 1], [0, 1]))
+    out = model(_batch([0, 1], [0, 1]), Mode.TRAIN)
     assert out.losses["objective"].item() == pytest.approx(2.0 * objective)
     assert out.losses["spread"].item() == pytest.approx(0.5 * 1.0)
     assert out.loss.item() == pytest.approx(2.0 * objective + 0.5)
@@ -188,26 +189,26 @@ def test_loss_values_on_two_interactions(loss, objective):
 
 def test_spread_is_one_per_side_for_collapsed_unit_embeddings():
     model = _model(dim=2, normalize=True, objective_weight=0.0)
-    out = model(_batch([0, 1, 2], [0, 1, 2]))  # everyone reads the unit initial vectors
+    out = model(_batch([0, 1, 2], [0, 1, 2]), Mode.TRAIN)  # everyone reads the unit initial vectors
     assert out.losses["spread"].item() == pytest.approx(2.0)
     with torch.no_grad():
-        assert model(_batch([0], [0])).losses == {}  # nothing to learn without autograd
+        assert model(_batch([0], [0]), Mode.SCORE).losses == {}  # scoring asks for no losses
 
 
 def test_losses_train_cells_only_through_earlier_steps_of_the_chunk():
     model = _model()
-    first = model(_batch([0], [0]))
+    first = model(_batch([0], [0]), Mode.TRAIN)
     assert torch.autograd.grad(first.loss, model.cells[0].weight_ih, allow_unused=True)[0] is None
-    second = model(_batch([0], [0]))
+    second = model(_batch([0], [0]), Mode.TRAIN)
     grad = torch.autograd.grad(second.loss, model.cells[0].weight_ih)[0]
     assert grad.abs().sum() > 0
 
 
 def test_detach_cuts_the_graph():
     model = _model()
-    model(_batch([0], [0]))
+    model(_batch([0], [0]), Mode.TRAIN)
     model.detach_state()
-    second = model(_batch([0], [0]))
+    second = model(_batch([0], [0]), Mode.TRAIN)
     assert torch.autograd.grad(second.loss, model.cells[0].weight_ih, allow_unused=True)[0] is None
 
 
@@ -218,9 +219,9 @@ def _stream():
 def test_reset_state_and_replay_reproduce_outputs():
     model = _model(normalize=True).eval()
     with torch.no_grad():
-        first = [model(b) for b in _stream()]
+        first = [model(b, Mode.SCORE) for b in _stream()]
         model.reset_state()
-        again = [model(b) for b in _stream()]
+        again = [model(b, Mode.SCORE) for b in _stream()]
     for a, b in zip(first, again):
         assert torch.equal(a.query, b.query)
         assert torch.equal(a.candidates, b.candidates)
@@ -230,13 +231,15 @@ def test_state_dict_carries_the_memory():
     model = _model(normalize=True)
     with torch.no_grad():
         for b in _stream()[:2]:
-            model(b)
+            model(b, Mode.SCORE)
     state = model.state_dict()
     assert {"memory.user", "memory.item", "memory.user_seen", "memory.item_seen"} <= set(state)
     copy = _model(normalize=True)
     copy.load_state_dict(state)
     with torch.no_grad():
-        assert torch.equal(model(_stream()[2]).query, copy(_stream()[2]).query)
+        assert torch.equal(
+            model(_stream()[2], Mode.SCORE).query, copy(_stream()[2], Mode.SCORE).query
+        )
 
 
 def test_unknown_options_are_config_errors():
@@ -296,10 +299,7 @@ def _window_chunk(windows):
 
 
 def _run(model, chunk):
-    model.begin_chunk(chunk)
-    outputs = [model(step) for step in chunk.steps]
-    model.end_chunk(chunk)
-    return outputs
+    return list(model.run_chunk(chunk, Mode.SCORE))
 
 
 def test_windows_of_one_chunk_do_not_see_each_other():
@@ -321,10 +321,10 @@ def test_item_tables_overlay_only_the_window_own_rows():
     model = _model(normalize=True).eval()
     chunk = _window_chunk(windows)
     with torch.no_grad():
-        model.begin_chunk(chunk)
-        model(chunk.steps[0])
+        model.begin_chunk(chunk, Mode.SCORE)
+        model(chunk.steps[0], Mode.SCORE)
         rows = model._local.item.clone()  # rows 0-1 window 0, rows 2-3 window 1
-        out = model(chunk.steps[1])
+        out = model(chunk.steps[1], Mode.SCORE)
     init = F.normalize(model.memory.item_init.detach(), dim=0)
     tables = out.candidates  # [2 windows, 4 items, 3], before step 1
     assert tables.shape == (2, 4, 3)
@@ -337,26 +337,26 @@ def test_item_tables_overlay_only_the_window_own_rows():
 def test_row_window_comes_from_the_chunk_else_from_the_row_layout():
     chunk = _window_chunk([([0, 1], [0, 1], 1), ([1, 2], [2, 3], 2)])
     model = _model().eval()
-    model.begin_chunk(chunk)
+    model.begin_chunk(chunk, Mode.SCORE)
     assert model._local.row_window.tolist() == [0, 0, 1, 1]
     assert model._local.num_windows == 2
     chunk.row_window = None
-    model.begin_chunk(chunk)
+    model.begin_chunk(chunk, Mode.SCORE)
     assert model._local.row_window.tolist() == [0, 0, 1, 1]
 
 
 def test_warm_windows_start_from_the_global_memory_and_commit_back():
     model = _model(warm_start=True).eval()
     with torch.no_grad():
-        model(_batch([0], [0]))
+        model(_batch([0], [0]), Mode.SCORE)
         global_user = model.memory.user[0].clone()
         chunk = _window_chunk([([0, 0], [0, 1], 1)])
-        model.begin_chunk(chunk)
-        out = model(chunk.steps[0])
+        model.begin_chunk(chunk, Mode.SCORE)
+        out = model(chunk.steps[0], Mode.SCORE)
         torch.testing.assert_close(out.query[0], global_user)
-        model(chunk.steps[1])
+        model(chunk.steps[1], Mode.SCORE)
         final = model._local.user[0].clone()
-        model.end_chunk(chunk)
+        model.end_chunk(chunk, Mode.SCORE)
     assert model._local is None
     torch.testing.assert_close(model.memory.user[0], final)
     assert model.memory.item_seen[:2].tolist() == [True, True]
@@ -365,16 +365,16 @@ def test_warm_windows_start_from_the_global_memory_and_commit_back():
 def test_cold_windows_start_from_the_initial_vectors_and_train():
     model = _model(normalize=False).train()
     with torch.no_grad():
-        model(_batch([0], [0]))  # the global memory is not read by cold windows
+        model(_batch([0], [0]), Mode.SCORE)  # the global memory is not read by cold windows
     chunk = _window_chunk([([0, 0], [0, 1], 1), ([1, 2], [2, 2], 2)])
-    model.begin_chunk(chunk)
-    first = model(chunk.steps[0])
-    second = model(chunk.steps[1])
+    model.begin_chunk(chunk, Mode.TRAIN)
+    first = model(chunk.steps[0], Mode.TRAIN)
+    second = model(chunk.steps[1], Mode.TRAIN)
     torch.testing.assert_close(first.query, model.memory.user_init.expand(2, -1))
     assert first.candidates is None  # no per-window tables in training
     (first.loss + second.loss).backward()
     assert model.cells[0].weight_ih.grad.abs().sum() > 0
-    model.end_chunk(chunk)
+    model.end_chunk(chunk, Mode.TRAIN)
 
 
 def test_training_makes_the_user_rank_its_item_first():
@@ -382,14 +382,14 @@ def test_training_makes_the_user_rank_its_item_first():
     optimiser = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(40):
         model.reset_state()
-        loss = sum(model(_batch([0], [2])).loss for _ in range(3))
+        loss = sum(model(_batch([0], [2]), Mode.TRAIN).loss for _ in range(3))
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     model.reset_state()
     with torch.no_grad():
-        model(_batch([0], [2]))
-        out = model(_batch([0], [2]))
+        model(_batch([0], [2]), Mode.SCORE)
+        out = model(_batch([0], [2]), Mode.SCORE)
     scores = out.query @ out.candidates.T
     assert int(scores.argmax()) == 2
     assert math.isfinite(float(scores.max()))
@@ -398,10 +398,10 @@ def test_training_makes_the_user_rank_its_item_first():
 def test_chunk_spread_pools_the_pairs_of_every_step():
     """With spread_scope=chunk the regulariser sees all steps' embeddings at once."""
     step_model = _model(dim=2, normalize=True, objective_weight=0.0)
-    both = step_model(_batch([0, 1, 2], [0, 1, 2])).losses["spread"]
+    both = step_model(_batch([0, 1, 2], [0, 1, 2]), Mode.TRAIN).losses["spread"]
     model = _model(dim=2, normalize=True, objective_weight=0.0, spread_scope="chunk")
-    assert "spread" not in model(_batch([0], [0])).losses
-    assert "spread" not in model(_batch([1, 2], [1, 2])).losses
+    assert "spread" not in model(_batch([0], [0]), Mode.TRAIN).losses
+    assert "spread" not in model(_batch([1, 2], [1, 2]), Mode.TRAIN).losses
     pooled = model.chunk_losses()["spread"]
     # three unit initial vectors per side, all equal: the same value as one step of three
     assert pooled.item() == pytest.approx(both.item())

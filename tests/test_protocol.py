@@ -10,7 +10,7 @@ import torch
 from tempint.data.datamodule import InteractionDataModule
 from tempint.data.samplers import ChronoSampler, SequenceSampler, TBatchSampler
 from tempint.eval.protocol import StreamEvaluator, evaluate, run_stream
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import Capabilities, InteractionModel, Mode, Output
 from tempint.models.heuristics import Popularity, Recency
 
 
@@ -20,8 +20,7 @@ class LastItemOracle(InteractionModel):
     Window-aware like any window model: under the sequence sampler its memory is local.
     """
 
-    scorers = ("native",)
-    learned = False
+    capabilities = Capabilities(scorers=("native",), learned=False)
 
     def __init__(self, num_users, num_items):
         super().__init__(num_users, num_items)
@@ -31,42 +30,45 @@ class LastItemOracle(InteractionModel):
     def reset_state(self):
         self.last.fill_(-1)
 
-    def begin_chunk(self, chunk):
+    def begin_chunk(self, chunk, mode):
         if chunk.local_users is not None:
             self._active = torch.full((len(chunk.local_users),), -1, dtype=torch.long)
 
-    def end_chunk(self, chunk):
+    def end_chunk(self, chunk, mode):
         self._active = self.last
 
-    def forward(self, batch):
+    def score(self, batch):
         rows = batch.user_rows
         scores = torch.zeros(len(batch), self.num_items)
         has = self._active[rows] >= 0
         scores[has, self._active[rows][has]] = 1.0
-        self._active[rows] = batch.item
         return Output(scores=scores)
+
+    def observe(self, batch):
+        self._active[batch.user_rows] = batch.item
 
 
 class FutureOracle(InteractionModel):
     """Puts first the last item observed *anywhere*: profits only if later events leak in."""
 
-    scorers = ("native",)
-    learned = False
+    capabilities = Capabilities(scorers=("native",), learned=False)
 
     def __init__(self, num_users, num_items):
         super().__init__(num_users, num_items)
         self.register_buffer("latest", torch.full((), -1, dtype=torch.long))
         self.register_buffer("latest_index", torch.full((), -1, dtype=torch.long))
 
-    def forward(self, batch):
+    def score(self, batch):
         scores = torch.zeros(len(batch), self.num_items)
         if self.latest >= 0:
             scores[:, self.latest] = 1.0
+        return Output(scores=scores)
+
+    def observe(self, batch):
         pos = int(batch.index.argmax())
         if batch.index[pos] > self.latest_index:
             self.latest.fill_(int(batch.item[pos]))
             self.latest_index.fill_(int(batch.index[pos]))
-        return Output(scores=scores)
 
 
 def no_repeat_stream(num_users=6, num_items=9, n=300, seed=0) -> pl.DataFrame:
@@ -108,11 +110,11 @@ def replay(model, dm, stage: str, windowed: bool = False, ties: str = "average")
     with torch.no_grad():
         for chunk in dm.chunks(dm.warmup_plans()):
             for step in chunk.steps:
-                model(step)
+                model(step, Mode.SCORE)
         if stage == "test":
             for chunk in dm.chunks(dm.exact_plans("val")):
                 for step in chunk.steps:
-                    model(step)
+                    model(step, Mode.SCORE)
     plans = dm.eval_plans(stage) if windowed else dm.exact_plans(stage)
     return run_stream(model, dm.chunks(plans), StreamEvaluator(["native"], ties=ties))
 
@@ -197,7 +199,7 @@ def test_scorer_is_chosen_on_validation_and_reported():
     with torch.no_grad():
         for chunk in dm.chunks(dm.warmup_plans()):
             for step in chunk.steps:
-                model(step)
+                model(step, Mode.SCORE)
     out = evaluate(
         model,
         lambda: dm.chunks(dm.exact_plans("val")),
@@ -251,15 +253,15 @@ def test_no_model_scores_a_batch_with_knowledge_of_its_targets(name):
     with torch.no_grad():
         for chunk in dm.chunks(dm.exact_plans("train")):
             for step in chunk.steps:
-                model(step)
+                model(step, Mode.SCORE)
         plans = dm.exact_plans("val")
         step = next(s for p in plans for s in dm.chunks([p]).__next__().steps if len(s) >= 2)
         twin = copy.deepcopy(model)
         altered = step.select(torch.arange(len(step)))
         altered.item = (altered.item + 5) % dm.num_items
-        first = model(step)
-        second = twin(altered)
-        for scorer in model.scorers:
+        first = model(step, Mode.SCORE)
+        second = twin(altered, Mode.SCORE)
+        for scorer in model.capabilities.scorers:
             a = score_output(first, scorer)
             b = score_output(second, scorer)
             assert torch.equal(a, b), f"{name}/{scorer} scores depend on the targets"

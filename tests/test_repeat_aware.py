@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tempint.data.batch import Interactions
+from tempint.models.base import Mode
 from tempint.models.repeat_aware import RepeatAware
 from tempint.models.static import StaticEmbedding
 from tests.streams import assert_reset_replays_the_same, hand_made, replay
@@ -38,10 +39,10 @@ def model():
 
 def test_distributions_sum_to_one_and_the_mixture_ranks_every_item(model):
     model.eval()
-    model(batch([0, 1], [2, 3], [0.0, 1.0], [-1, -1]))
-    model(batch([0, 1], [4, 3], [5.0, 6.0], [2, 3]))
+    model(batch([0, 1], [2, 3], [0.0, 1.0], [-1, -1]), Mode.SCORE)
+    model(batch([0, 1], [4, 3], [5.0, 6.0], [2, 3]), Mode.SCORE)
     probe = batch([0, 1, 2], [1, 1, 1], [10.0, 11.0, 12.0], [4, 3, -1])
-    output = model.base(probe)
+    output = model.base(probe, Mode.SCORE)
     gate, p_repeat, p_explore = model.distributions(probe, output)
     assert torch.allclose(p_explore.sum(1), torch.ones(3))
     # users 0 and 1 have a history: their repeat distribution sums to 1 over their own items
@@ -53,7 +54,7 @@ def test_distributions_sum_to_one_and_the_mixture_ranks_every_item(model):
     assert ((gate >= 0) & (gate <= 1)).all()
     # explore covers only items the user has not had
     assert p_explore[0, 2] == 0 and p_explore[0, 4] == 0
-    scores = model(probe).scores
+    scores = model(probe, Mode.SCORE).scores
     assert scores.shape == (3, 6) and torch.isfinite(scores).all()
     mixture = scores.exp().sum(1)
     assert torch.allclose(mixture, torch.ones(3), atol=1e-5)
@@ -61,17 +62,17 @@ def test_distributions_sum_to_one_and_the_mixture_ranks_every_item(model):
 
 def test_scores_are_taken_before_the_batch_is_observed(model):
     model.eval()
-    model(batch([0], [2], [0.0], [-1]))
-    first = model(batch([0], [5], [1.0], [2])).scores
+    model(batch([0], [2], [0.0], [-1]), Mode.SCORE)
+    first = model(batch([0], [5], [1.0], [2]), Mode.SCORE).scores
     model.reset_state()
-    model(batch([0], [2], [0.0], [-1]))
-    other_target = model(batch([0], [1], [1.0], [2])).scores
+    model(batch([0], [2], [0.0], [-1]), Mode.SCORE)
+    other_target = model(batch([0], [1], [1.0], [2]), Mode.SCORE).scores
     assert torch.equal(first, other_target)
 
 
 def test_training_loss_is_the_mixture_nll_plus_the_base_losses(model):
     model.train()
-    out = model(batch([0, 1], [2, 3], [0.0, 1.0], [-1, -1]))
+    out = model(batch([0, 1], [2, 3], [0.0, 1.0], [-1, -1]), Mode.TRAIN)
     assert {"nll", "base/objective"} <= set(out.losses)
     out.loss.backward()
     assert model.base.user.weight.grad is not None
@@ -99,9 +100,9 @@ def test_pair_features_read_each_users_own_pairs_and_the_sparse_moves(model):
 
     model.eval()
     hour = 3600.0
-    model(batch([0, 1], [2, 2], [0.0, 100.0], [-1, -1]))
-    model(batch([0, 1], [4, 3], [hour, 200.0], [2, 2]))
-    model(batch([0], [2], [2 * hour], [4]))
+    model(batch([0, 1], [2, 2], [0.0, 100.0], [-1, -1]), Mode.SCORE)
+    model(batch([0, 1], [4, 3], [hour, 200.0], [2, 2]), Mode.SCORE)
+    model(batch([0], [2], [2 * hour], [4]), Mode.SCORE)
     probe = batch([0, 2], [1, 1], [3 * hour, 3 * hour], [2, -1])
     history = model._history(probe)
     assert history.which.tolist() == [0, 0] and history.lengths.tolist() == [2, 0]
@@ -182,12 +183,11 @@ def test_a_chunk_scored_at_its_end_equals_its_steps_scored_one_by_one(base):
     assert len(steps) > 20 and max(len(s) for s in steps) > 1
     for lo in range(0, len(steps), 8):
         chunk = Chunk(steps=steps[lo : lo + 8])
-        chunked.begin_chunk(chunk)
-        outputs = [chunked(step) for step in chunk.steps]
+        outputs = list(chunked.run_chunk(chunk, Mode.TRAIN))
         assert all(o.scores is None for o in outputs)  # scored at the chunk's end
-        chunk_loss = sum(o.loss for o in outputs) + sum(chunked.chunk_losses().values())
-        chunked.end_chunk(chunk)
-        step_loss = sum(stepwise(step).loss for step in chunk.steps)
+        assert "chunk/nll" in outputs[-1].losses
+        chunk_loss = sum(o.loss for o in outputs)
+        step_loss = sum(stepwise(step, Mode.TRAIN).loss for step in chunk.steps)
         torch.testing.assert_close(chunk_loss, step_loss, rtol=1e-6, atol=1e-6)
         chunk_loss.backward()
         step_loss.backward()
@@ -226,14 +226,13 @@ def test_replay_steps_equals_one_forward_per_step(base, replay_rows, monkeypatch
     reference.eval()
     run = Chunk(steps=steps[10:], run=True)
     with torch.no_grad():
-        model.begin_chunk(run)
+        model.begin_chunk(run, Mode.SCORE)
         scores = model.replay_steps(run.steps).scores
-        model.end_chunk(run)
+        model.end_chunk(run, Mode.SCORE)
         expected = []
         for step in run.steps:
-            reference.begin_chunk(Chunk(steps=[step]))
-            expected.append(reference(step).scores)
-            reference.end_chunk(Chunk(steps=[step]))
+            (output,) = reference.run_chunk(Chunk(steps=[step]), Mode.SCORE)
+            expected.append(output.scores)
     torch.testing.assert_close(scores, torch.cat(expected), rtol=1e-5, atol=1e-5)
     for (name, a), (_, b) in zip(model.named_buffers(), reference.named_buffers(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6, msg=name)
@@ -262,9 +261,9 @@ def test_decayed_counts_per_step_equal_the_heuristic_fed_step_by_step(decay):
     for step in steps[:5]:
         heuristic.observe(step)
     rows = StepRows.of(steps[5:])
-    got = decayed_counts_per_step(heuristic.score, heuristic.ref_t, rows, 7, decay)
+    got = decayed_counts_per_step(heuristic.decayed, heuristic.ref_t, rows, 7, decay)
     for s, step in enumerate(steps[5:]):
-        torch.testing.assert_close(got[s], heuristic.score, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(got[s], heuristic.decayed, rtol=1e-9, atol=1e-12)
         heuristic.observe(step)
 
 

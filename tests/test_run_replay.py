@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tempint.data.samplers import exact_segments
+from tempint.models.base import Mode
 from tempint.models.heuristics import (
     Popularity,
     Recency,
@@ -56,10 +57,10 @@ def test_a_run_ranks_as_one_forward_per_step(name, seed):
     runs = _runs(stream, [1, 7, 40])  # the warm-up run of one step builds state
     stepwise, at_once = HEURISTICS[name](users, items), HEURISTICS[name](users, items)
     stepwise.eval(), at_once.eval()
-    assert at_once.replays_steps
+    assert at_once.capabilities.replays_steps
     with torch.no_grad():
         for run in runs:
-            expected = torch.cat([stepwise(step).scores for step in run])
+            expected = torch.cat([stepwise(step, Mode.SCORE).scores for step in run])
             got = at_once.replay_steps(run).scores
             assert got.shape == expected.shape == (sum(len(s) for s in run), items)
             assert torch.equal(_order(got), _order(expected))
@@ -71,7 +72,7 @@ def test_the_state_after_a_run_is_the_stepwise_state():
     (run,) = _runs(stream, [])
     with torch.no_grad():
         for step in run:
-            stepwise(step)
+            stepwise(step, Mode.SCORE)
         at_once.replay_steps(run)
     for a, b in zip(
         stepwise.pairs.row_pairs(torch.arange(users)),
@@ -79,7 +80,7 @@ def test_the_state_after_a_run_is_the_stepwise_state():
         strict=True,
     ):
         assert torch.equal(torch.sort(a).values, torch.sort(b).values)
-    torch.testing.assert_close(at_once.popularity.score, stepwise.popularity.score)
+    torch.testing.assert_close(at_once.popularity.decayed, stepwise.popularity.decayed)
 
 
 def test_recency_sees_its_users_earlier_rows_in_the_run_not_its_step():

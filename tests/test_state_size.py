@@ -46,7 +46,7 @@ def test_every_parameter_and_buffer_is_linear_in_users_plus_items(name, tmp_path
     model, width = build(name, tmp_path, overrides)
     bound = 4 * (USERS + ITEMS) * width
     tensors = dict(model.named_parameters()) | dict(model.named_buffers())
-    assert tensors or not model.learned
+    assert tensors or not model.capabilities.learned
     for key, tensor in tensors.items():
         assert tensor.numel() <= bound, (key, tuple(tensor.shape), bound)
 

@@ -5,6 +5,7 @@ import math
 import torch
 
 from tempint.data.batch import Interactions
+from tempint.models.base import Mode
 from tempint.models.tlstm import TimeAwareLSTM, fm_pool, time_aware_gates
 from tests.streams import assert_reset_replays_the_same, hand_made, replay
 
@@ -98,10 +99,10 @@ def test_deferred_update_equals_the_eager_recurrence():
 def test_memory_is_carried_and_detached():
     stream = make_stream(EVENTS)
     m = model().train()
-    m(stream.select(torch.arange(3)))
+    m(stream.select(torch.arange(3)), Mode.TRAIN)
     assert torch.equal(m.h, torch.zeros(NUM_USERS, 8))  # first interactions are pending
     assert m.pending_item.tolist() == [0, 1, 2]
-    out = m(stream.select(torch.arange(3, 6)))
+    out = m(stream.select(torch.arange(3, 6)), Mode.TRAIN)
     assert m.h.grad_fn is not None and bool((m.h != 0).all())
     out.loss.backward()
     assert m.cell.input.weight.grad.abs().sum() > 0  # the folded-in step is in the loss
@@ -115,7 +116,7 @@ def test_repeated_user_in_a_step_reads_once_and_keeps_its_last_row():
     m = model().eval()
     stream = make_stream([(0, 1, 0.0), (0, 2, 1.0), (1, 3, 2.0), (0, 4, 3.0)])
     with torch.no_grad():
-        out = m(stream)
+        out = m(stream, Mode.SCORE)
     assert torch.equal(out.scores[0], out.scores[1]) and torch.equal(out.scores[0], out.scores[3])
     assert m.pending_item.tolist() == [4, 3, -1] and m.pending_prev.tolist() == [2, -1, -1]
 
@@ -138,7 +139,7 @@ def test_training_lowers_the_loss():
         total = 0.0
         for lo in range(0, len(stream), 3):
             optimiser.zero_grad()
-            loss = m(stream.select(torch.arange(lo, lo + 3))).loss
+            loss = m(stream.select(torch.arange(lo, lo + 3)), Mode.TRAIN).loss
             loss.backward()
             optimiser.step()
             m.detach_state()

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from examples.gru4rec import GRU4Rec
+from tempint.models.base import Mode
 from tempint.train import train
 from tests.streams import assert_reset_replays_the_same, hand_made
 
@@ -26,9 +27,9 @@ def test_a_user_with_no_past_item_gets_the_zero_query_and_the_next_one_folds_it_
     model = GRU4Rec(num_users=2, num_items=4, dim=8).eval()
     stream = _stream()
     with torch.no_grad():
-        first = model(stream.select(torch.tensor([0, 1])))
+        first = model(stream.select(torch.tensor([0, 1])), Mode.SCORE)
         assert torch.equal(first.scores, torch.zeros(2, 4))
-        second = model(stream.select(torch.tensor([2])))
+        second = model(stream.select(torch.tensor([2])), Mode.SCORE)
         expected = model.cell(model.item(torch.tensor([1])), torch.zeros(1, 8))
         assert torch.allclose(second.scores, expected @ model.item.weight.T)
 
@@ -38,9 +39,12 @@ def test_scores_do_not_depend_on_how_users_are_grouped_into_steps():
     model = GRU4Rec(num_users=2, num_items=4, dim=8).eval()
     stream = _stream()
     with torch.no_grad():
-        one = torch.cat([model(stream.select(torch.tensor([i]))).scores for i in range(5)])
+        one = torch.cat(
+            [model(stream.select(torch.tensor([i])), Mode.SCORE).scores for i in range(5)]
+        )
         model.reset_state()
-        grouped = [model(stream.select(torch.tensor(s))).scores for s in ([0, 1], [2, 3], [4])]
+        steps = ([0, 1], [2, 3], [4])
+        grouped = [model(stream.select(torch.tensor(s)), Mode.SCORE).scores for s in steps]
     assert torch.allclose(one, torch.cat(grouped))
     model.reset_state()
     assert_reset_replays_the_same(model, stream, size=2)
@@ -49,7 +53,7 @@ def test_scores_do_not_depend_on_how_users_are_grouped_into_steps():
 def test_training_moves_the_gru_and_the_item_embeddings():
     torch.manual_seed(0)
     model = GRU4Rec(num_users=2, num_items=4, dim=8, negatives=4).train()
-    loss = model(_stream()).loss
+    loss = model(_stream(), Mode.TRAIN).loss
     loss.backward()
     assert model.cell.weight_ih.grad.abs().sum() > 0
     assert model.item.weight.grad.abs().sum() > 0

@@ -206,7 +206,7 @@ class TimeBatch:
     the batch, and its columns (previous item, gaps) read the stream before the batch
     too (`InteractionDataModule.eval_batches`). `replay` are the chunks that then feed the batch to the model exactly (its
     usual evaluation steps, unscored); None when one forward of `scored` updates the
-    model as its interactions one by one would (`InteractionModel.step_updates_commute`).
+    model as its interactions one by one would (`Capabilities.step_updates_commute`).
     """
 
     scored: Chunk

@@ -356,7 +356,7 @@ def user_step_plans(users, start: int, end: int, size: int, max_step: int) -> li
 
     Step k of a block holds each user's k-th interaction in it (at most `max_step` per
     step, in time order), so every user's own order is kept while items may repeat: exact
-    for models whose only stream state is per user (`InteractionModel.per_user_state`),
+    for models whose only stream state is per user (`Capabilities.per_user_state`),
     and far fewer steps than `exact_segments` where users repeat consecutively.
     """
     size = _positive("block size", size, "use a positive integer")

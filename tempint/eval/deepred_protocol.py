@@ -443,6 +443,7 @@ def _heuristic_ranks(
     """Rank (average ties) of each label among all items under a heuristic (model fed the
     training stream, validation chunks, test chunks), replayed over both splits."""
     from tempint.eval.ranking import rank_bounds, score_output
+    from tempint.models.base import Mode
 
     baseline, val_chunks, test_chunks = heuristic
     baseline.eval()
@@ -455,9 +456,8 @@ def _heuristic_ranks(
         for chunks in (val_chunks(), test_chunks()):
             for chunk in chunks:
                 chunk = chunk.to(device)
-                baseline.begin_chunk(chunk)
-                for s, step in enumerate(chunk.steps):
-                    output = baseline(step)
+                outputs = baseline.run_chunk(chunk, Mode.SCORE)
+                for s, (step, output) in enumerate(zip(chunk.steps, outputs, strict=True)):
                     mask = chunk.scored[s] if chunk.scored is not None else None
                     where = torch.from_numpy(index[step.index.cpu().numpy()])
                     keep = where >= 0 if mask is None else (where >= 0) & mask.cpu()
@@ -471,7 +471,6 @@ def _heuristic_ranks(
                         best, worst = rank_bounds(scores, label.clamp(min=0).to(device))
                         rank = (best + worst).double().cpu() / 2
                         ranks[name][at] = torch.where(known, rank, math.inf)
-                baseline.end_chunk(chunk)
     return ranks
 
 

@@ -31,7 +31,7 @@ from tempint.eval.ranking import (
     score_candidates,
     score_output,
 )
-from tempint.models.base import InteractionModel, Output, exact_scores
+from tempint.models.base import InteractionModel, Mode, Output, exact_scores
 
 __all__ = [
     "StreamEvaluator",
@@ -321,17 +321,13 @@ def run_stream(
             if chunk.block:
                 raise ValueError("block chunks are for frozen replays; online needs steps")
             with torch.enable_grad():
-                model.begin_chunk(chunk)
-                for s, step in enumerate(chunk.steps):
+                outputs = model.run_chunk(chunk, Mode.ONLINE)
+                for s, (step, output) in enumerate(zip(chunk.steps, outputs, strict=True)):
                     mask = chunk.scored[s] if chunk.scored is not None else None
-                    output = model(step)
                     with torch.no_grad():
                         evaluator.update(output, step, mask)
                     if output.loss is not None:
                         pending = output.loss if pending is None else pending + output.loss
-                for extra in model.chunk_losses().values():
-                    pending = extra if pending is None else pending + extra
-            model.end_chunk(chunk)
             t_last = float(chunk.steps[-1].t.max())
             if window_start is None:
                 window_start = float(chunk.steps[0].t.min())
@@ -357,15 +353,13 @@ def _rank_block(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
     scorers = tuple(evaluator.metrics)
     if evaluator.protocol.negatives is not None or evaluator.protocol.keep is not None:
         raise ValueError("block chunks rank all items of every step; this protocol needs steps")
-    if not set(scorers) <= set(model.block_scorers):
+    if not set(scorers) <= set(model.capabilities.block_scorers):
         raise ValueError(f"{type(model).__name__} cannot rank blocks with {', '.join(scorers)}")
     if evaluator.block_table is None:  # read once per pass, then carried block to block
         evaluator.block_table = CandidateTable(model.candidate_table())
     ranker = BlockRanker(scorers, evaluator.block_table, model.block_queries)
-    model.begin_chunk(chunk)
-    for step in chunk.steps:
-        ranker.add(model(step))
-    model.end_chunk(chunk)
+    for output in model.run_chunk(chunk, Mode.REPLAY):
+        ranker.add(output)
     with exact_scores(chunk.steps[0].item.device):
         evaluator.add_bounds(*ranker.rank(chunk, evaluator.protocol.exclusions))
 
@@ -377,17 +371,16 @@ def score_chunk(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
     if chunk.block:
         _rank_block(model, chunk, evaluator)
         return
-    if chunk.run and model.replays_steps and len(chunk.steps) > 1:  # one step: forward
-        model.begin_chunk(chunk)
+    if chunk.run and model.capabilities.replays_steps and len(chunk.steps) > 1:  # one step: forward
+        model.begin_chunk(chunk, Mode.SCORE)
         output = model.replay_steps(chunk.steps)
-        model.end_chunk(chunk)
+        model.end_chunk(chunk, Mode.SCORE)
         evaluator.update(output, Interactions.concat(chunk.steps))
         return
-    model.begin_chunk(chunk)
-    for s, step in enumerate(chunk.steps):
+    outputs = model.run_chunk(chunk, Mode.SCORE)
+    for s, (step, output) in enumerate(zip(chunk.steps, outputs, strict=True)):
         mask = chunk.scored[s] if chunk.scored is not None else None
-        evaluator.update(model(step), step, mask)
-    model.end_chunk(chunk)
+        evaluator.update(output, step, mask)
 
 
 @torch.no_grad()
@@ -408,10 +401,8 @@ def score_time_batch(model: InteractionModel, batch: TimeBatch, evaluator: Strea
         return
     restore_state(model, saved)
     for chunk in batch.replay:
-        model.begin_chunk(chunk)
-        for step in chunk.steps:
-            model(step)
-        model.end_chunk(chunk)
+        for _ in model.run_chunk(chunk, Mode.SCORE):
+            pass
 
 
 def _score_pair_negatives(
@@ -430,13 +421,11 @@ def _score_pair_negatives(
     for strategy, (users, items) in protocol.pair_negatives.items():
         probe = protocol.probe(users[rows].numpy(), items[rows].numpy(), position, before)
         probe = probe.to(device)
-        model.begin_chunk(Chunk(steps=[probe]))
-        output = model(probe)
+        (output,) = model.run_chunk(Chunk(steps=[probe]), Mode.SCORE)
         with exact_scores(device):  # scored in float32 or wider, as the positives
             for scorer in out:
                 candidates = probe.item.unsqueeze(1)
                 out[scorer][strategy] = score_candidates(output, scorer, candidates)[:, 0]
-        model.end_chunk(Chunk(steps=[probe]))
         restore_state(model, saved)
     evaluator.add_pair_negatives(out)
 
@@ -462,9 +451,11 @@ def restore_state(model: InteractionModel, saved: Mapping[str, Tensor]) -> None:
 
 def can_rank_blocks(model: InteractionModel, scorer: str, mode: str) -> bool:
     """Whether a frozen replay may use block chunks for every scorer it will try."""
-    scorers = model.scorers if scorer == "auto" else (scorer,)
+    scorers = model.capabilities.scorers if scorer == "auto" else (scorer,)
     return (
-        mode == "frozen" and bool(model.block_scorers) and set(scorers) <= set(model.block_scorers)
+        mode == "frozen"
+        and bool(model.capabilities.block_scorers)
+        and set(scorers) <= set(model.capabilities.block_scorers)
     )
 
 
@@ -497,9 +488,9 @@ def evaluate(
     protocol = protocol or Protocol()
     if mode not in MODES:
         raise ConfigError(f"eval.mode={mode!r} is unknown; use frozen or online")
-    if mode == "online" and (online_step is None or not model.learned):
+    if mode == "online" and (online_step is None or not model.capabilities.learned):
         mode = "frozen"  # nothing to learn: online and frozen coincide
-    candidates = list(model.scorers)
+    candidates = list(model.capabilities.scorers)
     if scorer != "auto":
         if scorer not in candidates:
             raise ConfigError(
@@ -539,7 +530,7 @@ def evaluate(
     out["protocol"] = protocol.describe()
     out["baselines"] = list(baselines or {})
     for name, (baseline, b_val, b_test) in (baselines or {}).items():
-        b_scorer = baseline.scorers[0]
+        b_scorer = baseline.capabilities.scorers[0]
         for split, chunks in (("val", b_val), ("test", b_test)):
             evaluator = StreamEvaluator([b_scorer], ties, device=device, protocol=protocol)
             res = run_stream(baseline, chunks(), evaluator, device)

@@ -54,10 +54,8 @@ def warm_baselines(names, dm, device, batch_size: int = 1) -> dict:
         baseline.reset_state()
         with torch.no_grad():
             for chunk in dm.chunks(dm.warmup_plans()):
-                chunk = chunk.to(device)
-                for step in chunk.steps:
-                    baseline(step)
-        kind = "runs" if baseline.replays_steps else "exact"
+                baseline.train_chunk(chunk.to(device))  # heuristics: observed, no losses
+        kind = "runs" if baseline.capabilities.replays_steps else "exact"
         out[name] = (baseline, *eval_sources(baseline, dm, kind, batch_size, device))
     return out
 
@@ -70,10 +68,10 @@ def eval_sources(model, dm, kind: str, batch_size: int, device=None):
             lambda: dm.eval_chunks("val", kind, device),
             lambda: dm.eval_chunks("test", kind, device),
         )
-    if getattr(model, "step_updates_commute", False):
+    if model.capabilities.step_updates_commute:
         replay = None
     else:
-        replay = "contiguous" if getattr(model, "exact_any_step", False) else "exact"
+        replay = "contiguous" if model.capabilities.exact_any_step else "exact"
     return (
         lambda: dm.eval_batches("val", batch_size, replay),
         lambda: dm.eval_batches("test", batch_size, replay),
@@ -161,11 +159,11 @@ def eval_kind(model, dm, scorer: str, mode: str, ranks_all: bool = True) -> str:
 
     if ranks_all and not dm.windowed and can_rank_blocks(model, scorer, mode):
         return "blocks"
-    if getattr(model, "exact_any_step", False):
+    if model.capabilities.exact_any_step:
         return "contiguous"
-    if not dm.windowed and mode == "frozen" and getattr(model, "per_user_state", False):
+    if not dm.windowed and mode == "frozen" and model.capabilities.per_user_state:
         return "users"
-    if not dm.windowed and mode == "frozen" and getattr(model, "replays_steps", False):
+    if not dm.windowed and mode == "frozen" and model.capabilities.replays_steps:
         return "runs"
     return "eval"
 
@@ -193,7 +191,7 @@ def _evaluate_module(module, dm, cfg: DictConfig, optimizer_state: dict | None) 
     model = module.model
     online_step = None
     online_window = None
-    if cfg.eval.mode == "online" and model.learned:
+    if cfg.eval.mode == "online" and model.capabilities.learned:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = module.build_optimizer(params, instantiate(cfg.optimizer))
         if optimizer_state is not None:
@@ -302,7 +300,7 @@ def evaluate_run(module, dm, cfg: DictConfig, checkpoint_cb) -> dict[str, Any]:
     best_path, optimizer_state = load_best(module, checkpoint_cb)
     metrics = evaluate_module(module, dm, cfg, optimizer_state)
     metrics["best_checkpoint"] = best_path
-    if cfg.eval.mode == "online" and model.learned:
+    if cfg.eval.mode == "online" and model.capabilities.learned:
         metrics["online_optimizer"] = "checkpoint" if optimizer_state is not None else "fresh"
     for extra in cfg.eval.get("also") or []:
         # the same trained model under another protocol, from the same checkpoint

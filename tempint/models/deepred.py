@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import Capabilities, InteractionModel, Mode, Output
 
 __all__ = ["DeePRed", "POOLINGS", "QUERIES"]
 
@@ -86,11 +86,10 @@ class DeePRed(InteractionModel):
     item rows as of each interaction's position (`tempint.eval.blocks`).
     """
 
-    scorers = ("l2", "dot")
+    capabilities = Capabilities(scorers=("l2", "dot"))
     # any contiguous step is scored exactly (see `_step_tables`): an evaluator may use long
     # contiguous steps instead of steps without repeated users or items
-    exact_any_step = True
-    block_scorers = ("l2", "dot")
+    capabilities = Capabilities(exact_any_step=True, block_scorers=("l2", "dot"))
 
     def __init__(
         self,
@@ -147,10 +146,10 @@ class DeePRed(InteractionModel):
     def detach_state(self) -> None:
         """Nothing to cut: the buffer is written detached, the model has no recurrence."""
 
-    def begin_chunk(self, chunk: Chunk) -> None:
+    def begin_chunk(self, chunk: Chunk, mode: Mode) -> None:
         """A frozen block: encode all its rows at once (one GRU call, not one per step)."""
         self._block_rows = None
-        if not chunk.block or torch.is_grad_enabled():
+        if mode is not Mode.REPLAY:
             return
         rows = Interactions.concat(chunk.steps)
         encoded = [  # in parts: bounds the [rows, k, k] alignments
@@ -168,7 +167,7 @@ class DeePRed(InteractionModel):
         self._block_rows = tuple(tables)
         self._block_start = start
 
-    def end_chunk(self, chunk: Chunk) -> None:
+    def end_chunk(self, chunk: Chunk, mode: Mode) -> None:
         self._block_rows = None
 
     def candidate_table(self) -> Tensor:
@@ -223,13 +222,13 @@ class DeePRed(InteractionModel):
 
     # ---- one step ----------------------------------------------------------------------
 
-    def forward(self, batch: Interactions) -> Output:
+    def forward(self, batch: Interactions, mode: Mode) -> Output:
         if batch.user_history is None or batch.item_history is None:
             raise ConfigError(
                 "DeePRed reads each side's recent partners but the batch has no history "
                 "columns; build them with data.history_k >= model.history_k"
             )
-        if self._block_rows is not None:  # a frozen block, encoded in begin_chunk
+        if mode is Mode.REPLAY:  # a frozen block, encoded in begin_chunk
             u_t, i_t, from_history = (x[batch.index - self._block_start] for x in self._block_rows)
             query = self._query(batch, u_t, from_history)
             self._remember(batch, u_t, i_t)
@@ -237,9 +236,9 @@ class DeePRed(InteractionModel):
         u_t, i_t, from_history = self.short_term(batch)
         query = self._query(batch, u_t.detach(), from_history)
         candidates = self.candidate_table()
-        if not self.training:
+        if mode.scores:
             candidates = self._step_tables(batch, i_t.detach(), candidates)
-        losses = self._losses(u_t, i_t) if self.training else {}
+        losses = self._losses(u_t, i_t) if mode.losses else {}
         self._remember(batch, u_t.detach(), i_t.detach())
         return Output(query=query, candidates=candidates, losses=losses)
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from tempint.data.batch import Interactions
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import Capabilities, InteractionModel, Output
 from tempint.models.components.pairs import PairTable
 from tempint.models.heuristics import RecentPopularity
 
@@ -185,10 +185,12 @@ class _PairModel(InteractionModel):
     """Base of the pair-table heuristics: a table of the pairs seen, scores for a run of
     steps from `_run_scores` (one step is a run of one)."""
 
-    scorers = ("native",)
-    learned = False
-    step_updates_commute = True
-    replays_steps = True
+    capabilities = Capabilities(
+        scorers=("native",),
+        learned=False,
+        step_updates_commute=True,
+        replays_steps=True,
+    )
 
     def __init__(self, num_users: int, num_items: int, pairs: PairTable | None = None):
         super().__init__(num_users, num_items)
@@ -197,10 +199,8 @@ class _PairModel(InteractionModel):
     def reset_state(self) -> None:
         self.pairs.reset_state()
 
-    def forward(self, batch: Interactions) -> Output:
-        scores = None if self.training else self._run_scores(StepRun.of([batch]))
-        self.observe(batch)
-        return Output(scores=scores)
+    def score(self, batch: Interactions) -> Output:
+        return Output(scores=self._run_scores(StepRun.of([batch])))
 
     @torch.no_grad()
     def replay_steps(self, steps: Sequence[Interactions]) -> Output:
@@ -315,7 +315,7 @@ class UserFrequency(_PairModel):
         counts = torch.logcumsumexp(terms, 0)
         del terms  # [S, I]: one of them at a time
         counts.add_(((end - ref) / tau)[:, None]).exp_()
-        return counts.add_(pop.score * torch.exp(-(ref - pop.ref_t) / tau)[:, None])
+        return counts.add_(pop.decayed * torch.exp(-(ref - pop.ref_t) / tau)[:, None])
 
     def _run_scores(self, run: StepRun) -> Tensor:
         if run.num_steps == 1:

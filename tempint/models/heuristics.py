@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from tempint.data.batch import Interactions
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import Capabilities, InteractionModel, Output
 from tempint.models.components.pairs import PairTable
 
 __all__ = ["Popularity", "RecentPopularity", "Recency", "run_columns", "latest_earlier_pairs"]
@@ -43,10 +43,13 @@ def _before_each_step(per_step: Tensor) -> Tensor:
 class Popularity(InteractionModel):
     """Global popularity: the number of interactions each item has had so far."""
 
-    scorers = ("native",)
-    learned = False
-    step_updates_commute = True  # counts and latest times: any step order ends the same
-    replays_steps = True
+    # counts and latest times: any step order ends the same
+    capabilities = Capabilities(
+        scorers=("native",),
+        learned=False,
+        step_updates_commute=True,
+        replays_steps=True,
+    )
 
     def __init__(self, num_users: int, num_items: int):
         super().__init__(num_users, num_items)
@@ -55,12 +58,13 @@ class Popularity(InteractionModel):
     def reset_state(self) -> None:
         self.counts.zero_()
 
-    def forward(self, batch: Interactions) -> Output:
-        # one row shared by the step's queries (ranked with one sort), copied before the
-        # update so that no score sees its own interaction
-        scores = None if self.training else self.counts.clone().expand(len(batch), -1)
+    def score(self, batch: Interactions) -> Output:
+        # one row shared by the step's queries (ranked with one sort), copied so that the
+        # update after it leaves the scores as they were
+        return Output(scores=self.counts.clone().expand(len(batch), -1))
+
+    def observe(self, batch: Interactions) -> None:
         self.counts.index_add_(0, batch.item, torch.ones_like(batch.item, dtype=torch.float64))
-        return Output(scores=scores)
 
     @torch.no_grad()
     def replay_steps(self, steps: Sequence[Interactions]) -> Output:
@@ -79,33 +83,34 @@ class RecentPopularity(InteractionModel):
     reference time (the latest event seen) and only rescaled when it advances.
     """
 
-    scorers = ("native",)
-    learned = False
-    step_updates_commute = True  # counts and latest times: any step order ends the same
-    replays_steps = True
+    # counts and latest times: any step order ends the same
+    capabilities = Capabilities(
+        scorers=("native",),
+        learned=False,
+        step_updates_commute=True,
+        replays_steps=True,
+    )
 
     def __init__(self, num_users: int, num_items: int, decay_seconds: float = 86_400.0):
         super().__init__(num_users, num_items)
         if not decay_seconds > 0:
             raise ValueError(f"model.decay_seconds={decay_seconds} must be positive seconds")
         self.decay_seconds = float(decay_seconds)
-        self.register_buffer("score", torch.zeros(num_items, dtype=torch.float64))
+        self.register_buffer("decayed", torch.zeros(num_items, dtype=torch.float64))
         self.register_buffer("ref_t", torch.zeros((), dtype=torch.float64))
 
     def reset_state(self) -> None:
-        self.score.zero_()
+        self.decayed.zero_()
         self.ref_t.zero_()
 
     def current(self) -> Tensor:
-        return self.score
+        return self.decayed
 
     def observe(self, batch: Interactions) -> None:
         self.observe_rows(batch.item, batch.t.to(torch.float64))
 
-    def forward(self, batch: Interactions) -> Output:
-        scores = None if self.training else self.score.clone().expand(len(batch), -1)
-        self.observe(batch)
-        return Output(scores=scores)
+    def score(self, batch: Interactions) -> Output:
+        return Output(scores=self.decayed.clone().expand(len(batch), -1))
 
     def before_steps(self, item: Tensor, t: Tensor, step: Tensor, num_steps: int) -> Tensor:
         """[S, I] the decayed counts before each step of a run, each row divided by its
@@ -124,7 +129,7 @@ class RecentPopularity(InteractionModel):
         log_added = (top + torch.log(total)).view(num_steps, self.num_items)
         log_before = torch.logcumsumexp(log_added, dim=0)
         log_before = torch.cat([torch.full_like(log_before[:1], float("-inf")), log_before[:-1]])
-        carried = torch.log(self.score) + (self.ref_t - t_end) / self.decay_seconds
+        carried = torch.log(self.decayed) + (self.ref_t - t_end) / self.decay_seconds
         log_before = torch.logaddexp(log_before, carried)
         top = log_before.amax(dim=1, keepdim=True).clamp_min(torch.finfo(t.dtype).min)
         self.observe_rows(item, t)
@@ -132,8 +137,8 @@ class RecentPopularity(InteractionModel):
 
     def observe_rows(self, item: Tensor, t: Tensor) -> None:
         t_max = torch.maximum(t.max(), self.ref_t)
-        self.score.mul_(torch.exp(-(t_max - self.ref_t) / self.decay_seconds))
-        self.score.index_add_(0, item, torch.exp(-(t_max - t) / self.decay_seconds))
+        self.decayed.mul_(torch.exp(-(t_max - self.ref_t) / self.decay_seconds))
+        self.decayed.index_add_(0, item, torch.exp(-(t_max - t) / self.decay_seconds))
         self.ref_t.copy_(t_max)
 
     @torch.no_grad()
@@ -149,10 +154,13 @@ class Recency(InteractionModel):
     with the distinct pairs of the stream, never with users × items.
     """
 
-    scorers = ("native",)
-    learned = False
-    step_updates_commute = True  # counts and latest times: any step order ends the same
-    replays_steps = True
+    # counts and latest times: any step order ends the same
+    capabilities = Capabilities(
+        scorers=("native",),
+        learned=False,
+        step_updates_commute=True,
+        replays_steps=True,
+    )
 
     def __init__(self, num_users: int, num_items: int, decay_seconds: float = 86_400.0):
         super().__init__(num_users, num_items)
@@ -163,13 +171,11 @@ class Recency(InteractionModel):
         self.pairs.reset_state()
         self.popularity.reset_state()
 
-    def forward(self, batch: Interactions) -> Output:
-        scores = None if self.training else self.scores(batch)
+    def observe(self, batch: Interactions) -> None:
         self.popularity.observe(batch)
         self.pairs.observe(batch.user, batch.item, batch.t)
-        return Output(scores=scores)
 
-    def scores(self, batch: Interactions) -> Tensor:
+    def score(self, batch: Interactions) -> Output:
         pop = self.popularity.current()
         fallback = pop / (pop.max() + 1.0)  # in [0, 1): below every seen item
         scores = fallback.expand(len(batch), -1).clone()
@@ -177,7 +183,7 @@ class Recency(InteractionModel):
         age = (batch.t.to(torch.float64)[which] - last_t).clamp_min(0.0)
         seen = 2.0 + 1.0 / (1.0 + age)  # seen items in (2, 3]
         scores.view(-1).index_copy_(0, which * self.num_items + item, seen)
-        return scores
+        return Output(scores=scores)
 
     @torch.no_grad()
     def replay_steps(self, steps: Sequence[Interactions]) -> Output:

@@ -15,7 +15,14 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
+from tempint.models.base import (
+    Capabilities,
+    InteractionModel,
+    Mode,
+    Output,
+    at_least_float32,
+    exact_scores,
+)
 
 __all__ = [
     "IterativeMemoryNetwork",
@@ -102,8 +109,8 @@ class IterativeMemoryNetwork(InteractionModel):
     Training returns losses only; evaluation returns scores [B, I].
     """
 
-    scorers = ("native",)
-    per_user_state = True  # per-user buffers only; items are parameters
+    # per-user buffers only; items are parameters
+    capabilities = Capabilities(scorers=("native",), per_user_state=True)
 
     def __init__(
         self,
@@ -174,7 +181,7 @@ class IterativeMemoryNetwork(InteractionModel):
     def detach_state(self) -> None:
         """Nothing to cut: the state is item ids and times, embedded afresh at every read."""
 
-    def begin_chunk(self, chunk: Chunk) -> None:
+    def begin_chunk(self, chunk: Chunk, mode: Mode) -> None:
         if chunk.local_users is not None:
             raise ConfigError(
                 "imn keeps one global sequence per user; use sampler=tbatch or sampler=chrono"
@@ -227,13 +234,14 @@ class IterativeMemoryNetwork(InteractionModel):
 
     # ---- one step ----------------------------------------------------------------------
 
-    def forward(self, batch: Interactions) -> Output:
+    def forward(self, batch: Interactions, mode: Mode) -> Output:
         e, valid = self.sequence(batch.user, batch.t)
-        if self.training:
-            output = Output(losses=self._losses(e, valid, batch.item))
-        else:
+        output = Output()
+        if mode.losses:
+            output.losses = self._losses(e, valid, batch.item)
+        if mode.scores:
             with exact_scores(e.device):  # ranked over all items: no bf16 ties
-                output = Output(scores=self.all_scores(at_least_float32(e), valid))
+                output.scores = self.all_scores(at_least_float32(e), valid)
         self._append(batch)
         return output
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +30,14 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
+from tempint.models.base import (
+    Capabilities,
+    InteractionModel,
+    Mode,
+    Output,
+    at_least_float32,
+    exact_scores,
+)
 from tempint.models.memory import LocalMemory, MemoryState, RowStore
 
 __all__ = ["JODIE", "CoupledUpdate", "REDUCTIONS"]
@@ -140,6 +148,20 @@ class _Query:
 
 
 @dataclass
+class _Pending:
+    """What a replayed block step leaves for `block_queries`: u(t⁻) [n, d], the scaled
+    deltas [n, 2], the user and previous-item ids and the stream positions [n]."""
+
+    user_state: Tensor
+    delta: Tensor
+    user: Tensor
+    prev_item: Tensor
+    position: Tensor
+
+    FIELDS = ("user_state", "delta", "user", "prev_item", "position")
+
+
+@dataclass
 class _PlannedChunk:
     """A training chunk whose losses are computed once, at its last step.
 
@@ -160,7 +182,6 @@ class _PlannedStep:
     delta: Tensor  # [n, 2]
     chunk: _PlannedChunk
     last: bool
-    batch: Interactions
     reads: Tensor  # [3n] store slots: (u(t⁻), i(t⁻)) pairs, then j(t⁻)
     writes: int  # slot of the step's first written row: (u(t), i(t)) pairs
 
@@ -185,9 +206,10 @@ class _GraphCache:
         self.padding = memory.num_users + memory.num_items
         self.store = RowStore(self.padding + 1, dim, dtype, device)
         self.store.append(torch.tensor([self.padding], device=device), memory.item_init[None])
-        self.steps: dict[int, _PlannedStep] = {}
+        self.chunks: list[_PlannedChunk] = []
 
-    def add(self, chunk: Chunk) -> None:
+    def add(self, chunk: Chunk) -> list[_PlannedStep]:
+        """Plan a chunk's steps; their reads and writes, in the steps' order."""
         steps = chunk.steps
         rows = _Rows(
             user=torch.cat([s.user for s in steps]),
@@ -224,15 +246,17 @@ class _GraphCache:
             )
         reads, writes = self._plan(rows, sizes)
         planned = _PlannedChunk(rows=rows, written_users=users, written_items=items)
-        start = 0
+        self.chunks.append(planned)
+        out, start = [], 0
         for k, step in enumerate(steps):
             n = len(step)
             part = slice(start, start + n)
-            self.steps[id(step)] = _PlannedStep(
-                rows.delta[part], planned, k == len(steps) - 1, step,
+            out.append(_PlannedStep(
+                rows.delta[part], planned, k == len(steps) - 1,
                 reads[3 * start : 3 * (start + n)], int(writes[k]),
-            )  # fmt: skip
+            ))  # fmt: skip
             start += n
+        return out
 
     def _plan(self, rows: _Rows, sizes: Tensor) -> tuple[Tensor, Tensor]:
         """Slots every step reads ([3N]: per step its users, items, previous items) and
@@ -270,10 +294,6 @@ class _GraphCache:
         last[:-1] = key[1:] // (num_steps + 1) != key[:-1] // (num_steps + 1)
         store.slot[key[last] // (num_steps + 1)] = w_slot[last]
         return reads, writes
-
-    def find(self, batch: Interactions) -> _PlannedStep | None:
-        step = self.steps.get(id(batch))
-        return step if step is not None and step.batch is batch else None
 
     def read(self, step: _PlannedStep) -> tuple[Tensor, Tensor]:
         """[u(t⁻); i(t⁻)] [n, 2d] and j(t⁻) [n, d] of a planned step, with their graph."""
@@ -315,15 +335,17 @@ class JODIE(InteractionModel):
     Output: `query` ĵ's dynamic part [B, d] with `candidates` the dynamic item table, and
     native `scores` [B, I]: minus the squared L2 distance of ĵ to every item's
     [dynamic; one-hot] vector (rank-equivalent to the code's PairwiseDistance), computed as
-    ||ĵ_d − e_d||² + ||ĵ_s||² − 2 ĵ_s[i] + 1. Scores are built when not training with
-    gradients (or when `score_all_items` forces it): training needs only the target rows.
+    ||ĵ_d − e_d||² + ||ĵ_s||² − 2 ĵ_s[i] + 1. Scores are built in the modes that score:
+    training needs only the target rows.
 
-    Training chunks seen by `begin_chunk` return their losses with their last step and
-    no query (see `_PlannedChunk`); under `no_grad` no losses are computed at all.
+    `run_chunk` in `Mode.TRAIN` returns a chunk's losses with its last step and no query
+    (see `_PlannedChunk`); modes without losses compute none.
     """
 
-    scorers = ("native", "dot", "l2")
-    block_scorers = ("native", "dot", "l2")
+    capabilities = Capabilities(
+        scorers=("native", "dot", "l2"),
+        block_scorers=("native", "dot", "l2"),
+    )
 
     def __init__(
         self,
@@ -386,8 +408,6 @@ class JODIE(InteractionModel):
         self.state_change_head = bool(state_change_head)
         self.loss_reduction = loss_reduction
         self.warm_start = bool(warm_start)
-        # None: all-item scores exactly when not training with gradients; True/False forces.
-        self.score_all_items: bool | None = None
 
         d = self.dim
         self.memory = MemoryState(num_users, num_items, d)
@@ -428,7 +448,6 @@ class JODIE(InteractionModel):
         self.sparse_gradients = True
         self._window_keys: Tensor | None = None
         self._window_rows: Tensor | None = None
-        self._replaying = False  # a frozen block chunk: see `_replay_step`
 
     # ---- stream state ------------------------------------------------------------------
 
@@ -446,23 +465,37 @@ class JODIE(InteractionModel):
     def _drop_cache(self) -> None:
         """Forget the cached rows (their graph), first writing unflushed chunks back."""
         if self._cache is not None:
-            for planned in {id(s.chunk): s.chunk for s in self._cache.steps.values()}.values():
+            for planned in self._cache.chunks:
                 if planned.stash:
                     self._cache.flush(planned)
             self._cache = None
 
-    def begin_chunk(self, chunk: Chunk) -> None:
-        """Window-local memory for the sequence sampler; else cache the rows gradients need."""
-        self._replaying = False
+    def run_chunk(self, chunk: Chunk, mode: Mode) -> Iterator[Output]:
+        """Modes with losses over the global memory plan the chunk's reads and writes in
+        a row store first (`_GraphCache`), then run each step on its plan."""
+        if not mode.losses or chunk.local_users is not None or not chunk.steps:
+            yield from super().run_chunk(chunk, mode)
+            return
+        self.begin_chunk(chunk, mode)
+        if self._cache is None:
+            self._cache = _GraphCache(self.memory)
+        plan = self._cache.add(chunk)
+        last = len(plan) - 1
+        for k, (batch, step) in enumerate(zip(chunk.steps, plan, strict=True)):
+            if mode is Mode.TRAIN:
+                output = self._train_step(batch, step)
+            else:
+                output = self._step(batch, mode, step)
+            if k == last:
+                self.close_chunk(chunk, mode, output)
+            yield output
+
+    def begin_chunk(self, chunk: Chunk, mode: Mode) -> None:
+        """Window-local memory for the sequence sampler; a frozen block's unseen rows."""
         if chunk.local_users is None:
-            if torch.is_grad_enabled() and chunk.steps:
-                if self._cache is None:
-                    self._cache = _GraphCache(self.memory)
-                self._cache.add(chunk)
-            elif chunk.block:
+            if mode is Mode.REPLAY:
                 self._drop_cache()
                 self.memory.fill_unseen(chunk)  # then rows are read with one gather
-                self._replaying = True
             return
         self._drop_cache()
         row_window = chunk.row_window
@@ -479,8 +512,7 @@ class JODIE(InteractionModel):
         self._window_keys, order = torch.sort(keys)
         self._window_rows = used[order]
 
-    def end_chunk(self, chunk: Chunk) -> None:
-        self._replaying = False
+    def end_chunk(self, chunk: Chunk, mode: Mode) -> None:
         if self._local is not None:
             self._local.commit()
             self._local = None
@@ -525,18 +557,16 @@ class JODIE(InteractionModel):
     def _write(
         self, batch: Interactions, step: _PlannedStep | None, user: Tensor, item: Tensor
     ) -> None:
-        if step is not None:
+        if step is not None:  # the store holds the graph; the global rows, the values
             self._cache.write(step, torch.stack((user, item), dim=1))
-            if not self._scoring():  # the global table is written back at the chunk's end
-                return
             user, item = user.detach(), item.detach()
         memory = self._local if self._local is not None else self.memory
         memory.write_users(batch.user_rows, user)
         memory.write_items(batch.item_rows, item)
 
-    def _item_table(self, batch: Interactions) -> Tensor:
+    def _item_table(self, batch: Interactions, mode: Mode) -> Tensor:
         """Candidate dynamic item vectors before the step: [I, d], or [B, I, d] per window."""
-        if self._local is None and torch.is_grad_enabled():
+        if self._local is None and mode.losses:
             return self.memory.item_table()  # with the graph of rows written since the detach
         if self._local is None:  # a masked copy is ~3x faster than a broadcast where
             table = self.memory.item.clone()
@@ -552,21 +582,19 @@ class JODIE(InteractionModel):
 
     # ---- prediction, scores, losses ----------------------------------------------------
 
-    def _scoring(self) -> bool:
-        if self.score_all_items is not None:
-            return self.score_all_items
-        return not (self.training and torch.is_grad_enabled())
-
-    def _sparse_static(self) -> bool:
-        if not (self.sparse_gradients and torch.is_grad_enabled()):
+    def _sparse_static(self, grad: bool) -> bool:
+        if not (self.sparse_gradients and grad):
             return False
         hook = self._grad_hook
         if hook is None or hook.param() is not self.static_weight:
             self._grad_hook = _DenseGradHook(self.static_weight)
         return True
 
-    def _predict(self, user: Tensor, previous: Tensor, rows: _Rows | _Query) -> Tensor:
-        """ĵ [N, D] (Eq. 3-4), or û [N, d] without the prediction layer."""
+    def _predict(
+        self, user: Tensor, previous: Tensor, rows: _Rows | _Query, grad: bool = True
+    ) -> Tensor:
+        """ĵ [N, D] (Eq. 3-4), or û [N, d] without the prediction layer; `grad`: the
+        static table's gradient is wanted (then sparse, see `_DenseGradHook`)."""
         if self.time_projection:
             scale = torch.addcmul(
                 self.projection_bias + 1.0, rows.delta[:, :1], self.projection_weight
@@ -580,7 +608,7 @@ class JODIE(InteractionModel):
         prev_row = rows.prev_item.remainder(self.num_items + 1) + self.num_users  # -1 -> pad
         index = torch.stack((rows.user, prev_row), dim=1)
         static = F.embedding_bag(
-            index, self.static_weight, mode="sum", sparse=self._sparse_static()
+            index, self.static_weight, mode="sum", sparse=self._sparse_static(grad)
         )
         return torch.addmm(static + self.predict_bias, x, self.predict_weight)
 
@@ -626,21 +654,22 @@ class JODIE(InteractionModel):
         memory.item.index_copy_(0, items, new_item)
         memory.user_seen.index_fill_(0, users, True)
         memory.item_seen.index_fill_(0, items, True)
-        partial = (user, delta, batch.user, batch.prev_item, batch.index)
-        return Output(partial=partial, written=new_item)
+        pending = _Pending(user, delta, batch.user, batch.prev_item, batch.index)
+        return Output(pending=pending, written=new_item)
 
     def block_queries(self, outputs, versions) -> tuple[Tensor, Tensor]:
         """ĵ of a block in one prediction-layer matmul (its weight read once per block)."""
+        parts = [o.pending for o in outputs]
         user, delta, users, prev, position = (
-            torch.cat(p) for p in zip(*(o.partial for o in outputs))
+            torch.cat([getattr(p, name) for p in parts]) for name in _Pending.FIELDS
         )
         previous = versions.rows_at(prev.clamp(min=0), position)
         previous = torch.where((prev >= 0)[:, None], previous, self.memory.item_init)
-        query = self._predict(user, previous, _Query(users, prev, delta))
+        query = self._predict(user, previous, _Query(users, prev, delta), grad=False)
         return query[:, : self.dim], self._native_bias(query)
 
     def candidate_table(self) -> Tensor:
-        return self._item_table(None)
+        return self._item_table(None, Mode.REPLAY)
 
     def _mse(self, x: Tensor, target: Tensor, rows: _Rows) -> Tensor:
         """nn.MSELoss of every t-batch (mean over its rows and columns), summed over t-batches."""
@@ -710,15 +739,16 @@ class JODIE(InteractionModel):
         losses = self._losses(query, user, item, new[:, 0], new[:, 1], planned.rows)
         return Output(losses=losses)
 
-    def forward(self, batch: Interactions) -> Output:
+    def forward(self, batch: Interactions, mode: Mode) -> Output:
         """Predict from the states before the batch, then update them (Eq. 1-4)."""
-        if self._replaying and not torch.is_grad_enabled():
+        if mode is Mode.REPLAY:
             return self._replay_step(batch)
-        step = self._cache.find(batch) if self._cache is not None else None
-        if step is None and self._cache is not None and self._local is None:
-            self._drop_cache()  # a step begin_chunk never saw: the global rows are current
-        if step is not None and not self._scoring():
-            return self._train_step(batch, step)
+        if self._cache is not None and self._local is None:
+            self._drop_cache()  # a step of no planned chunk: the global rows are current
+        return self._step(batch, mode, None)
+
+    def _step(self, batch: Interactions, mode: Mode, step: _PlannedStep | None) -> Output:
+        """One step read from the global or window memory, or from its plan (`step`)."""
         user, item, previous = self._read(batch, step)
         delta = step.delta if step is not None else None
         if delta is None:
@@ -726,15 +756,15 @@ class JODIE(InteractionModel):
         new_user, new_item = self.update(user, item, delta, self._features(batch))
 
         rows = _Rows(batch.user, batch.item, batch.prev_item, delta, batch.state_label)
-        query = self._predict(user, previous, rows)
+        query = self._predict(user, previous, rows, grad=mode.losses)
         out = Output(query=query[:, : self.dim])
-        if self._scoring():
-            out.candidates = self._item_table(batch)
+        if mode.scores:
+            out.candidates = self._item_table(batch, mode)
             with exact_scores(query.device):  # expanded distances in bf16 tie tens of items
                 out.scores = self._native_scores(
                     at_least_float32(query), at_least_float32(out.candidates)
                 )
-        if torch.is_grad_enabled():
+        if mode.losses:
             out.losses = self._losses(query, user, item, new_user, new_item, rows)
         self._write(batch, step, new_user, new_item)
         return out

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import Capabilities, InteractionModel, Mode, Output
 from tempint.models.components.cells import make_cell
 from tempint.models.components.losses import spread_loss
 from tempint.models.memory import LocalMemory, MemoryState
@@ -60,8 +60,7 @@ class LiMNet(InteractionModel):
     end of such a chunk each node's latest window state is written to the global memory.
     """
 
-    scorers = ("dot", "l2")
-    block_scorers = ("dot", "l2")
+    capabilities = Capabilities(scorers=("dot", "l2"), block_scorers=("dot", "l2"))
 
     def __init__(
         self,
@@ -122,7 +121,6 @@ class LiMNet(InteractionModel):
             self.memory.item_init.mul_((width / self.dim) ** 0.5)
         self.memory.reset_state()
         self._local: LocalMemory | None = None
-        self._plain_reads = False  # a frozen block replay whose unseen rows hold the init
         self._init_cache: tuple | None = None  # (key, (user_init, item_init))
 
     # ---- columns of a memory row -------------------------------------------------------
@@ -152,12 +150,10 @@ class LiMNet(InteractionModel):
         if self._local is not None:
             self._local.detach_state()
 
-    def begin_chunk(self, chunk: Chunk) -> None:
-        self._plain_reads = False
+    def begin_chunk(self, chunk: Chunk, mode: Mode) -> None:
         if chunk.local_users is None:
-            if chunk.block and not torch.is_grad_enabled():
-                self.memory.fill_unseen(chunk, *self._initial())
-                self._plain_reads = True  # a frozen block: rows read with one gather
+            if mode is Mode.REPLAY:  # a frozen block: rows then read with one gather
+                self.memory.fill_unseen(chunk, *self._initial(mode))
             return
         row_window = chunk.row_window
         if row_window is None:  # window b owns rows [b*L, (b+1)*L), L = number of steps
@@ -167,8 +163,7 @@ class LiMNet(InteractionModel):
             chunk.local_users, chunk.local_items, row_window, chunk.num_windows, self.warm_start
         )
 
-    def end_chunk(self, chunk: Chunk) -> None:
-        self._plain_reads = False
+    def end_chunk(self, chunk: Chunk, mode: Mode) -> None:
         if self._local is not None:
             self._local.commit()
             self._local = None
@@ -208,12 +203,11 @@ class LiMNet(InteractionModel):
         parts = new_hidden + new_cells
         return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
 
-    def forward(self, batch: Interactions) -> Output:
+    def forward(self, batch: Interactions, mode: Mode) -> Output:
         memory = self._memory
         user_rows, item_rows = batch.user_rows, batch.item_rows
-        grad = torch.is_grad_enabled()
         last = self._hidden_cols(self.layers - 1)
-        if self._plain_reads and not grad:  # no graph to keep: plain gathers and writes
+        if mode is Mode.REPLAY:  # no graph to keep: plain gathers and writes
             memory = self.memory
             state = torch.stack((memory.user[user_rows], memory.item[item_rows]))
             new_state = self._update(state, self._features(batch))
@@ -222,15 +216,16 @@ class LiMNet(InteractionModel):
             memory.user_seen.index_fill_(0, user_rows, True)
             memory.item_seen.index_fill_(0, item_rows, True)
             return Output(query=state[0, :, last], written=new_state[1][:, last])
-        user_init, item_init = self._initial()
+        user_init, item_init = self._initial(mode)
         state = torch.stack(
             (memory.read_users(user_rows, user_init), memory.read_items(item_rows, item_init))
         )
         query = state[0, :, last]
-        with torch.no_grad():  # for ranking only: the losses never read the table
-            candidates = self._candidates(batch, memory, last, item_init, grad)
-        # Nothing can learn from the losses without autograd; evaluation skips them.
-        losses = self._losses(state[:, :, last]) if grad else {}
+        candidates = None
+        if mode.scores:
+            with torch.no_grad():  # for ranking only: the losses never read the table
+                candidates = self._candidates(batch, memory, last, item_init)
+        losses = self._losses(state[:, :, last]) if mode.losses else {}
 
         new_state = self._update(state, self._features(batch))
         memory.write_users(user_rows, new_state[0])
@@ -238,15 +233,16 @@ class LiMNet(InteractionModel):
         return Output(query=query, candidates=candidates, losses=losses)
 
     def candidate_table(self) -> Tensor:
-        user_init, item_init = self._initial()
+        user_init, item_init = self._initial(Mode.REPLAY)
         return self._memory.item_table(self._hidden_cols(self.layers - 1), item_init)
 
-    def _initial(self) -> tuple[Tensor | None, Tensor | None]:
+    def _initial(self, mode: Mode) -> tuple[Tensor | None, Tensor | None]:
         """The vectors unseen rows read: with `normalize`, every layer's h at unit norm
         (then spread cannot be lowered by shrinking the shared initial vector).
 
         Computed once per chunk: the cache dies with `detach_state` (so no step reuses a
-        graph that backward has freed) and whenever the optimiser changes the vectors.
+        graph that backward has freed) and whenever the optimiser changes the vectors;
+        modes with losses keep the graph to the initial vectors, the others do not.
         """
         if not self.normalize:
             return None, None
@@ -257,11 +253,12 @@ class LiMNet(InteractionModel):
             id(item_init),
             item_init._version,
             user_init.device,
-            torch.is_grad_enabled(),
+            mode.losses,
         )
         if self._init_cache is not None and self._init_cache[0] == key:
             return self._init_cache[1]
-        init = torch.stack((user_init, item_init))
+        with torch.set_grad_enabled(mode.losses):
+            init = torch.stack((user_init, item_init))
         split = self.layers * self.dim
         hidden = _unit(init[:, :split].unflatten(-1, (self.layers, self.dim))).flatten(-2)
         if self.state_size > 1:
@@ -275,15 +272,12 @@ class LiMNet(InteractionModel):
         memory: MemoryState | LocalMemory,
         cols: slice,
         init: Tensor | None,
-        grad: bool,
-    ) -> Tensor | None:
+    ) -> Tensor:
         """Item table [I, d] before the step; with window-local memory [B, I, d], entry b
-        ranked against the table of its own window. Those cost O(windows·I·d) per step,
-        so they are left out (None) when training with autograd: training ranks nothing."""
+        ranked against the table of its own window (O(windows·I·d) per step: only built
+        in modes that score)."""
         if isinstance(memory, MemoryState):
             return memory.item_table(cols, init)
-        if self.training and grad:
-            return None
         tables = memory.item_tables(cols, init)
         windows = memory.row_window[batch.user_rows]
         if windows.shape[0] == tables.shape[0] and bool(

@@ -21,7 +21,14 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.data.samplers import tbatch_assign
-from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
+from tempint.models.base import (
+    Capabilities,
+    InteractionModel,
+    Mode,
+    Output,
+    at_least_float32,
+    exact_scores,
+)
 from tempint.models.components.pairs import PairTable
 from tempint.models.components.steps import (
     StepRows,
@@ -156,8 +163,7 @@ class RepeatAware(InteractionModel):
     `replay_steps`. A plain `forward` scores its one step.
     """
 
-    scorers = ("native",)
-    replays_steps = True
+    capabilities = Capabilities(scorers=("native",), replays_steps=True)
 
     def __init__(
         self,
@@ -171,7 +177,7 @@ class RepeatAware(InteractionModel):
     ):
         super().__init__(num_users, num_items)
         self.base = base(num_users=num_users, num_items=num_items)
-        if not set(self.base.scorers) & {"dot", "native"}:
+        if not set(self.base.capabilities.scorers) & {"dot", "native"}:
             raise ValueError(f"{type(self.base).__name__} gives neither embeddings nor scores")
         self.base_loss_weight = float(base_loss_weight)
         # what is popular now, the `recent_popularity` heuristic's decayed counts
@@ -199,6 +205,7 @@ class RepeatAware(InteractionModel):
         # the chunk handed to the base: a frozen run of steps is a block for a base that
         # ranks blocks, whose steps then only return the candidate rows they wrote
         self._base_chunk: Chunk | None = None
+        self._base_mode = Mode.SCORE
 
     # ---- state ---------------------------------------------------------------------------
     def reset_state(self) -> None:
@@ -214,40 +221,45 @@ class RepeatAware(InteractionModel):
     def detach_state(self) -> None:
         self.base.detach_state()
 
-    def begin_chunk(self, chunk: Chunk) -> None:
+    def begin_chunk(self, chunk: Chunk, mode: Mode) -> None:
         if chunk.local_users is not None:
             raise ValueError(
                 "repeat_aware keeps global per-user history, which windows processed in "
                 "parallel would fill out of time order; use sampler=tbatch or chrono"
             )
-        self._pending = [] if self.training and torch.is_grad_enabled() else None
-        frozen_run = chunk.run and not torch.is_grad_enabled()
+        self._pending = [] if mode is Mode.TRAIN else None
+        self._base_mode = _base_mode(mode)
         # a block step's Output holds its queries unless the base builds them afterwards
         own_queries = type(self.base).block_queries is InteractionModel.block_queries
-        if frozen_run and "dot" in self.base.block_scorers and own_queries:
+        block_base = "dot" in self.base.capabilities.block_scorers and own_queries
+        if chunk.run and mode is Mode.SCORE and block_base:
             chunk = replace(chunk, block=True, run=False)
+            self._base_mode = Mode.REPLAY
         self._base_chunk = chunk
-        self.base.begin_chunk(chunk)
+        self.base.begin_chunk(chunk, self._base_mode)
 
-    def end_chunk(self, chunk: Chunk) -> None:
+    def end_chunk(self, chunk: Chunk, mode: Mode) -> None:
         if self._pending:  # steps no `chunk_losses` scored still update the counts
             with torch.no_grad():
                 self._score_pending()
         self._pending = None
-        self.base.end_chunk(self._base_chunk if self._base_chunk is not None else chunk)
+        base_chunk = self._base_chunk if self._base_chunk is not None else chunk
+        self.base.end_chunk(base_chunk, self._base_mode)
         self._base_chunk = None
+        self._base_mode = Mode.SCORE
 
     # ---- prediction ------------------------------------------------------------------------
-    def forward(self, batch: Interactions) -> Output:
-        output = self.base(batch)  # the base predicts, then updates its own memory
-        losses = self._base_losses(output.losses) if self.training else {}
+    def forward(self, batch: Interactions, mode: Mode) -> Output:
+        # the base predicts, then updates its own memory
+        output = self.base(batch, _base_mode(mode))
+        losses = self._base_losses(output.losses) if mode.losses else {}
         if self._pending is not None:  # training a chunk: scored at its end
             self._pending.append((batch, output))
             return Output(losses=losses)
         log_p, nll = self._score([batch], [output], scores=True)
-        if self.training:
+        if mode.losses:
             losses = {"nll": nll, **losses}
-        return Output(scores=log_p.detach() if not self.training else log_p, losses=losses)
+        return Output(scores=log_p if mode is Mode.TRAIN else log_p.detach(), losses=losses)
 
     def chunk_losses(self) -> dict[str, Tensor]:
         losses = self._base_losses(self.base.chunk_losses())
@@ -271,7 +283,8 @@ class RepeatAware(InteractionModel):
             size += len(step)
         groups.append(group)
         if self._base_chunk is None or not self._base_chunk.block:
-            scores = [self._score(g, [self.base(s) for s in g], scores=True)[0] for g in groups]
+            outputs = ([self.base(s, Mode.SCORE) for s in g] for g in groups)
+            scores = [self._score(g, o, scores=True)[0] for g, o in zip(groups, outputs)]
             return Output(scores=scores[0] if len(scores) == 1 else torch.cat(scores))
         table = at_least_float32(self.base.candidate_table()).clone()
         query, written = self._replay_base(steps)
@@ -296,7 +309,7 @@ class RepeatAware(InteractionModel):
         bounds = torch.cumsum(torch.bincount(tbatch), 0).tolist()
         queries, written, lo = [], [], 0
         for hi in bounds:
-            output = self.base(ordered.select(slice(lo, hi)))
+            output = self.base(ordered.select(slice(lo, hi)), Mode.REPLAY)
             queries.append(output.query)
             written.append(output.written)
             lo = hi
@@ -373,7 +386,7 @@ class RepeatAware(InteractionModel):
             written = torch.cat([o.written for o in outputs])
             cos = versioned_cosine(query, at_least_float32(table), rows.item, rows.step, written)
             return cos, scale
-        if first.candidates.dim() == 2 and "dot" in self.base.block_scorers:
+        if first.candidates.dim() == 2 and "dot" in self.base.capabilities.block_scorers:
             # a global table whose rows change only for the items a step holds: the row
             # step s wrote is the next step's candidate row
             bounds = step_bounds(rows)[:-1]
@@ -479,7 +492,7 @@ class RepeatAware(InteractionModel):
         per_step = per_step.view(rows.num_steps, num_items)
         popularity = self.popularity + (torch.cumsum(per_step, 0) - per_step)
         decayed = decayed_counts_per_step(
-            self.trend.score, self.trend.ref_t, rows, num_items, self.trend.decay_seconds
+            self.trend.decayed, self.trend.ref_t, rows, num_items, self.trend.decay_seconds
         )
         trend = torch.log1p(decayed).float()
         t = rows.t
@@ -592,3 +605,9 @@ class LogSumExp(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         exp, total = ctx.saved_tensors
         return exp * (grad / total)[:, None]
+
+
+def _base_mode(mode: Mode) -> Mode:
+    """What the mixture asks of its base: its prediction is the mixture's input, so
+    training asks for both the prediction and the base's own losses."""
+    return Mode.ONLINE if mode is Mode.TRAIN else mode

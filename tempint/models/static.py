@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tempint.data.batch import Interactions
-from tempint.models.base import InteractionModel, Output
+from tempint.models.base import Capabilities, InteractionModel, Mode, Output
 from tempint.models.components.losses import objective_loss, spread_loss
 
 __all__ = ["StaticEmbedding"]
@@ -15,7 +15,7 @@ __all__ = ["StaticEmbedding"]
 class StaticEmbedding(InteractionModel):
     """Trainable user/item embeddings with LiMNet's losses: what memory adds is measured against it."""
 
-    scorers = ("dot", "l2")
+    capabilities = Capabilities(scorers=("dot", "l2"))
 
     def __init__(
         self,
@@ -40,12 +40,13 @@ class StaticEmbedding(InteractionModel):
     def _maybe_norm(self, x):
         return F.normalize(x, dim=-1) if self.normalize else x
 
-    def forward(self, batch: Interactions) -> Output:
+    def forward(self, batch: Interactions, mode: Mode) -> Output:
         user = self._maybe_norm(self.user(batch.user))
-        item = self._maybe_norm(self.item(batch.item))
         losses = {}
-        if self.training:
+        if mode.losses:
+            item = self._maybe_norm(self.item(batch.item))
             losses["objective"] = self.objective_weight * objective_loss(user, item, self.objective)
             if self.spread_weight:
                 losses["spread"] = self.spread_weight * spread_loss(user, item)
-        return Output(query=user, candidates=self._maybe_norm(self.item.weight), losses=losses)
+        candidates = self._maybe_norm(self.item.weight) if mode.scores else None
+        return Output(query=user, candidates=candidates, losses=losses)

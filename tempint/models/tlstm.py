@@ -16,7 +16,14 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import InteractionModel, Output, at_least_float32, exact_scores
+from tempint.models.base import (
+    Capabilities,
+    InteractionModel,
+    Mode,
+    Output,
+    at_least_float32,
+    exact_scores,
+)
 
 __all__ = ["TimeAwareLSTM", "TimeAwareLSTMCell", "time_aware_gates", "fm_pool"]
 
@@ -106,8 +113,8 @@ class TimeAwareLSTM(InteractionModel):
     read once from the state before the step; its last row becomes the pending one.
     """
 
-    scorers = ("native",)
-    per_user_state = True  # per-user buffers only; items are parameters
+    # per-user buffers only; items are parameters
+    capabilities = Capabilities(scorers=("native",), per_user_state=True)
 
     def __init__(
         self,
@@ -172,7 +179,7 @@ class TimeAwareLSTM(InteractionModel):
         for name in ("h", "c", "ring_h", "ring_x"):
             setattr(self, name, getattr(self, name).detach())
 
-    def begin_chunk(self, chunk: Chunk) -> None:
+    def begin_chunk(self, chunk: Chunk, mode: Mode) -> None:
         if chunk.local_users is not None:
             raise ConfigError(
                 "tlstm keeps one global state per user; use sampler=tbatch or sampler=chrono"
@@ -205,7 +212,7 @@ class TimeAwareLSTM(InteractionModel):
 
     # ---- one step ----------------------------------------------------------------------
 
-    def forward(self, batch: Interactions) -> Output:
+    def forward(self, batch: Interactions, mode: Mode) -> Output:
         users = batch.user
         pending = self.pending_item[users]
         has_pending = (pending >= 0)[:, None]
@@ -228,7 +235,7 @@ class TimeAwareLSTM(InteractionModel):
 
         with exact_scores(h.device):  # ranked over all items: no bf16 ties
             scores = self.output(at_least_float32(h))
-        losses = {"cross_entropy": F.cross_entropy(scores, batch.item)} if self.training else {}
+        losses = {"cross_entropy": F.cross_entropy(scores, batch.item)} if mode.losses else {}
         self._commit(users, has_pending.squeeze(1), h, c, x, ring_h, ring_x, count)
         self._store(batch)
         return Output(scores=scores, losses=losses)
