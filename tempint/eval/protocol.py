@@ -369,8 +369,10 @@ def score_chunk(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
     """Frozen replay of one chunk: ranked as a block, a run of steps replayed at once by a
     model that can (`replays_steps`), or step by step."""
     if chunk.block:
-        _rank_block(model, chunk, evaluator)
-        return
+        if set(evaluator.metrics) <= set(model.capabilities.block_scorers):
+            _rank_block(model, chunk, evaluator)
+            return
+        chunk = one_at_a_time(chunk)  # a model without block replay: the simple path
     if chunk.run and model.capabilities.replays_steps and len(chunk.steps) > 1:  # one step: forward
         model.begin_chunk(chunk, Mode.SCORE)
         output = model.replay_steps(chunk.steps)
@@ -381,6 +383,20 @@ def score_chunk(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
     for s, (step, output) in enumerate(zip(chunk.steps, outputs, strict=True)):
         mask = chunk.scored[s] if chunk.scored is not None else None
         evaluator.update(output, step, mask)
+
+
+def one_at_a_time(block: Chunk) -> Chunk:
+    """A block chunk's interactions (laid out in t-batches) back in stream order, one per
+    step: what the protocol replays for a model that cannot rank blocks. It is the
+    reference every faster path is checked against, exact whatever the model's state."""
+    rows = Interactions.concat(block.steps) if len(block.steps) > 1 else block.steps[0]
+    order = torch.argsort(rows.index)
+    rows = rows.select(order)
+    scored = None if block.scored is None else torch.cat(list(block.scored))[order]
+    return Chunk(
+        steps=[rows.select(slice(k, k + 1)) for k in range(len(rows))],
+        scored=None if scored is None else list(scored.split(1)),
+    )
 
 
 @torch.no_grad()
