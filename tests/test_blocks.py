@@ -143,17 +143,19 @@ def test_block_ranking_equals_a_one_interaction_at_a_time_replay(name, patch_abo
 
 
 def test_models_without_block_support_and_online_replays_use_steps():
-    dm = datamodule_for(repeating_stream(), TBatchSampler(4))
+    """Online replays never rank blocks; a model without block replay handed block
+    chunks is replayed one interaction at a time, with the same metrics."""
+    dm = datamodule_for(repeating_stream(), TBatchSampler(4), eval_max_batch_size=1)
     jodie = JODIE(dm.num_users, dm.num_items, dim=4)
     assert not can_rank_blocks(jodie, "auto", "online")
-    from tempint.models.heuristics import Recency
-
     assert not can_rank_blocks(Recency(dm.num_users, dm.num_items), "auto", "frozen")
     plans = block_plans(dm._users, dm._items, dm.split.train_end, dm.split.val_end, 16)
-    with pytest.raises(ValueError, match="cannot rank blocks"):
-        run_stream(
-            Recency(dm.num_users, dm.num_items), dm.chunks(plans), StreamEvaluator(["native"])
-        )
+    results = [
+        run_stream(Recency(dm.num_users, dm.num_items), dm.chunks(p), StreamEvaluator(["native"]))
+        for p in (plans, dm.exact_plans("val"))
+    ]
+    assert results[0].count == results[1].count == dm.split.val_end - dm.split.train_end
+    assert results[0].metrics["native"]["mrr"] == results[1].metrics["native"]["mrr"]
 
 
 def test_user_step_plans_hold_each_user_once_and_keep_their_order():
