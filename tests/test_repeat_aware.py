@@ -253,14 +253,14 @@ def test_earlier_pairs_lists_the_rows_of_earlier_steps_with_the_same_key():
 def test_decayed_counts_per_step_equal_the_heuristic_fed_step_by_step(decay):
     """Both the one-reference-time formula and the step-by-step fallback (a run longer
     than hundreds of decay times) give `RecentPopularity`'s counts before each step."""
-    from tempint.models.components.steps import StepRows, decayed_counts_per_step
+    from tempint.models.components.steps import StepRun, decayed_counts_per_step
     from tempint.models.heuristics import RecentPopularity
 
     steps = repeating_stream(seed=7)
     heuristic = RecentPopularity(5, 7, decay)
     for step in steps[:5]:
         heuristic.observe(step)
-    rows = StepRows.of(steps[5:])
+    rows = StepRun.of(steps[5:])
     got = decayed_counts_per_step(heuristic.decayed, heuristic.ref_t, rows, 7, decay)
     for s, step in enumerate(steps[5:]):
         torch.testing.assert_close(got[s], heuristic.decayed, rtol=1e-9, atol=1e-12)

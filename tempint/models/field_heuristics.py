@@ -18,7 +18,6 @@ vectorised over the run; the table then takes the whole run in one update.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -26,6 +25,7 @@ from torch import Tensor
 from tempint.data.batch import Interactions
 from tempint.models.base import Capabilities, InteractionModel, Output
 from tempint.models.components.pairs import PairTable
+from tempint.models.components.steps import StepRun
 from tempint.models.heuristics import RecentPopularity
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "EdgeBank",
     "PopularityUnseen",
     "DecayedPairCounts",
-    "StepRun",
     "pair_values_before",
     "segmented_scan",
 ]
@@ -72,40 +71,6 @@ class DecayedPairCounts(PairTable):
             for x in (a, b)
         ]  # a missing entry (-inf, -inf) stays -inf, never -inf - -inf
         return torch.stack((ref, torch.logaddexp(*at_ref)), dim=1)
-
-
-@dataclass
-class StepRun:
-    """Consecutive steps as one set of rows: `step` [K] says which step each row is in."""
-
-    user: Tensor
-    item: Tensor
-    t: Tensor  # float64
-    step: Tensor
-    num_steps: int
-
-    @classmethod
-    def of(cls, steps: Sequence[Interactions]) -> StepRun:
-        def cat(name):
-            parts = [getattr(s, name) for s in steps]
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-        user, item, t = cat("user").long(), cat("item").long(), cat("t").to(torch.float64)
-        if len(steps) == 1:
-            return cls(user, item, t, torch.zeros_like(user), 1)
-        sizes = torch.tensor([len(s) for s in steps], device=user.device)
-        step = torch.repeat_interleave(torch.arange(len(steps), device=user.device), sizes)
-        return cls(user, item, t, step, len(steps))
-
-    def before_steps(self, start: Tensor, per_step: Tensor) -> Tensor:
-        """[S] running maximum of `start` and `per_step` over the steps before each."""
-        shifted = torch.cat((start.reshape(1), per_step[:-1]))
-        return torch.cummax(shifted, 0).values
-
-    def step_max(self, values: Tensor) -> Tensor:
-        """[S] the largest of `values` [K] in each step."""
-        out = values.new_full((self.num_steps,), float("-inf"))
-        return out.scatter_reduce_(0, self.step, values, reduce="amax")
 
 
 def segmented_scan(values: Tensor, first: Tensor, combine: Callable) -> Tensor:

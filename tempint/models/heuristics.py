@@ -19,19 +19,9 @@ from torch import Tensor
 from tempint.data.batch import Interactions
 from tempint.models.base import Capabilities, InteractionModel, Output
 from tempint.models.components.pairs import PairTable
+from tempint.models.components.steps import StepRun
 
-__all__ = ["Popularity", "RecentPopularity", "Recency", "run_columns", "latest_earlier_pairs"]
-
-
-def run_columns(steps: Sequence[Interactions]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(user, item, t float64, step 0..S-1) [K] of a run of steps laid end to end."""
-    cat = (lambda xs: xs[0]) if len(steps) == 1 else torch.cat
-    user = cat([s.user for s in steps])
-    item = cat([s.item for s in steps])
-    t = cat([s.t for s in steps]).to(torch.float64)
-    sizes = torch.tensor([len(s) for s in steps], device=item.device)
-    step = torch.repeat_interleave(torch.arange(len(steps), device=item.device), sizes)
-    return user, item, t, step
+__all__ = ["Popularity", "RecentPopularity", "Recency", "latest_earlier_pairs"]
 
 
 def _before_each_step(per_step: Tensor) -> Tensor:
@@ -68,7 +58,8 @@ class Popularity(InteractionModel):
 
     @torch.no_grad()
     def replay_steps(self, steps: Sequence[Interactions]) -> Output:
-        _, item, _, step = run_columns(steps)
+        run = StepRun.of(steps)
+        item, step = run.item, run.step
         per_step = self.counts.new_zeros(len(steps), self.num_items)
         per_step.index_put_((step, item), torch.ones_like(self.counts[item]), accumulate=True)
         before = _before_each_step(per_step) + self.counts
@@ -143,7 +134,8 @@ class RecentPopularity(InteractionModel):
 
     @torch.no_grad()
     def replay_steps(self, steps: Sequence[Interactions]) -> Output:
-        _, item, t, step = run_columns(steps)
+        run = StepRun.of(steps)
+        item, t, step = run.item, run.t, run.step
         return Output(scores=self.before_steps(item, t, step, len(steps))[step])
 
 
@@ -190,7 +182,8 @@ class Recency(InteractionModel):
         """A run's scores: the fallback from the decayed counts before each step, then
         each row's seen items, from the table at the run's start and from the run's
         earlier steps (a user is in a step once, so its earlier rows are earlier steps)."""
-        user, item, t, step = run_columns(steps)
+        run = StepRun.of(steps)
+        user, item, t, step = run.user, run.item, run.t, run.step
         # fallback in [0, 1] (1 for the row's most popular item), below every seen item
         scores = self.popularity.before_steps(item, t, step, len(steps))[step]
         flat = scores.view(-1)

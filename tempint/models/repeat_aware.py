@@ -31,7 +31,7 @@ from tempint.models.base import (
 )
 from tempint.models.components.pairs import PairTable
 from tempint.models.components.steps import (
-    StepRows,
+    StepRun,
     decayed_counts_per_step,
     earlier_pairs,
     last_rows,
@@ -157,7 +157,7 @@ class RepeatAware(InteractionModel):
     base model's own losses scaled by `base_loss_weight`. Ranking uses log P(i) (native).
 
     The base runs step by step (its memory needs it); the mixture of consecutive steps is
-    computed at once, every row from the counts as of its own step (`StepRows`): a
+    computed at once, every row from the counts as of its own step (`StepRun`): a
     training chunk's at its end (`chunk_losses`, the mean NLL of each step summed over
     its steps, as if each step had been scored alone), and a run of evaluation steps in
     `replay_steps`. A plain `forward` scores its one step.
@@ -340,7 +340,7 @@ class RepeatAware(InteractionModel):
         steps. `table` is the base's candidate table before the first step when its
         Outputs hold only the rows each step wrote. Without `scores` only the true
         items' probabilities are formed (training needs no [N, I] mixture)."""
-        rows = StepRows.of(steps)
+        rows = StepRun.of(steps)
         size, num_items = len(rows), self.num_items
         with exact_scores(rows.user.device):  # [N, I] scores: no bf16 ties under autocast
             gate, history, p_repeat, explore = self._parts(rows, outputs, table)
@@ -370,7 +370,7 @@ class RepeatAware(InteractionModel):
         return log_p, nll
 
     def _affinity(
-        self, rows: StepRows, outputs: Sequence[Output], table: Tensor | None
+        self, rows: StepRun, outputs: Sequence[Output], table: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
         """The base's affinity [N, I] from its Outputs, as (values, scale): the cosine with
         the candidates as of each row's step and the learned temperature to multiply it
@@ -405,7 +405,7 @@ class RepeatAware(InteractionModel):
                 parts.append(q @ candidates.T)
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), scale
 
-    def _pairs_as_of_steps(self, rows: StepRows) -> tuple[History, Tensor, Tensor]:
+    def _pairs_as_of_steps(self, rows: StepRun) -> tuple[History, Tensor, Tensor]:
         """Each row's user's seen pairs as of its step (the table's, plus the user's rows
         of earlier steps), sorted by (row, item); and the (later, earlier) row pairs of
         one user."""
@@ -432,9 +432,9 @@ class RepeatAware(InteractionModel):
 
     def _history(self, batch: Interactions) -> History:
         """The seen pairs of a step's users, before the step."""
-        return self._pairs_as_of_steps(StepRows.of([batch]))[0]
+        return self._pairs_as_of_steps(StepRun.of([batch]))[0]
 
-    def _moves_as_of_steps(self, rows: StepRows) -> tuple[Tensor, Tensor, Tensor]:
+    def _moves_as_of_steps(self, rows: StepRun) -> tuple[Tensor, Tensor, Tensor]:
         """Every user's moves from each row's previous item as of its step (the table's,
         plus earlier steps' rows from the same item): (row · I + item [K] sorted, their
         counts [K]), and each row's sum [N] (at least 1)."""
@@ -458,12 +458,12 @@ class RepeatAware(InteractionModel):
 
     def _moves(self, batch: Interactions) -> tuple[Tensor, Tensor]:
         """[B, I] counts of every user's moves from this row's previous item, and their sum."""
-        flat, moves, out_degree = self._moves_as_of_steps(StepRows.of([batch]))
+        flat, moves, out_degree = self._moves_as_of_steps(StepRun.of([batch]))
         dense = moves.new_zeros(len(batch) * self.num_items).index_put_((flat,), moves)
         return dense.view(len(batch), self.num_items), out_degree
 
     def _parts(
-        self, rows: StepRows, outputs: Sequence[Output], table: Tensor | None = None
+        self, rows: StepRun, outputs: Sequence[Output], table: Tensor | None = None
     ) -> tuple[Tensor, History, Tensor, Tensor]:
         """(gate [N], the users' seen pairs, P_repeat over them [M], explore logits [N, I],
         -inf where closed), every row from the state before its step."""
@@ -555,13 +555,13 @@ class RepeatAware(InteractionModel):
 
     def distributions(self, batch: Interactions, output: Output) -> tuple[Tensor, Tensor, Tensor]:
         """(gate [B], P_repeat [B, I], P_explore [B, I]) before the batch updates anything."""
-        gate, history, p_repeat, explore = self._parts(StepRows.of([batch]), [output])
+        gate, history, p_repeat, explore = self._parts(StepRun.of([batch]), [output])
         p_explore = torch.softmax(explore, dim=1)
         dense = p_explore.new_zeros(p_explore.numel()).index_put((history.flat,), p_repeat)
         return gate, dense.view_as(p_explore), p_explore
 
     @torch.no_grad()
-    def _observe(self, rows: StepRows, repeat: Tensor) -> None:
+    def _observe(self, rows: StepRun, repeat: Tensor) -> None:
         """Count the rows; `repeat` [N] says which pairs were seen before their step."""
         users, items, prev, t = rows.user, rows.item, rows.prev_item, rows.t
         ones = torch.ones_like(repeat, dtype=self.user_counts.dtype)
@@ -575,7 +575,7 @@ class RepeatAware(InteractionModel):
         self.user_last_t.scatter_reduce_(0, users, t, reduce="amax")
 
 
-def step_bounds(rows: StepRows) -> list[tuple[int, int]]:
+def step_bounds(rows: StepRun) -> list[tuple[int, int]]:
     """(first, past-the-last) row of each step."""
     ends = list(itertools.accumulate(rows.sizes))
     return list(zip([0, *ends[:-1]], ends, strict=True))

@@ -20,7 +20,7 @@ from torch import Tensor
 from tempint.data.batch import Interactions
 
 __all__ = [
-    "StepRows",
+    "StepRun",
     "earlier_pairs",
     "versioned_cosine",
     "last_rows",
@@ -36,11 +36,11 @@ BLOCK_ROWS = 128
 
 
 @dataclass
-class StepRows:
-    """The columns a step-state model reads of consecutive steps, rows side by side.
+class StepRun:
+    """Consecutive steps laid end to end, the columns a model scores them from at once.
 
-    `step` [N] is each row's step (0..num_steps-1, non-decreasing), `step_size` [N] the
-    number of rows of that step and `sizes` those numbers, one per step.
+    `step` [N] is each interaction's step (0..num_steps-1, non-decreasing), `step_size`
+    [N] the number of interactions of that step and `sizes` those numbers, one per step.
     """
 
     user: Tensor
@@ -53,11 +53,14 @@ class StepRows:
     sizes: list[int]
 
     @classmethod
-    def of(cls, steps: Sequence[Interactions]) -> StepRows:
+    def of(cls, steps: Sequence[Interactions]) -> StepRun:
         device = steps[0].user.device
         lengths = [len(s) for s in steps]
         sizes = torch.tensor(lengths, device=device)
-        step = torch.repeat_interleave(torch.arange(len(steps), device=device), sizes)
+        if len(steps) == 1:
+            step = torch.zeros(lengths[0], dtype=torch.long, device=device)
+        else:
+            step = torch.repeat_interleave(torch.arange(len(steps), device=device), sizes)
 
         def column(name: str) -> Tensor:
             parts = [getattr(s, name) for s in steps]
@@ -73,6 +76,16 @@ class StepRows:
             num_steps=len(steps),
             sizes=lengths,
         )
+
+    def before_steps(self, start: Tensor, per_step: Tensor) -> Tensor:
+        """[S] running maximum of `start` and `per_step` over the steps before each."""
+        shifted = torch.cat((start.reshape(1), per_step[:-1]))
+        return torch.cummax(shifted, 0).values
+
+    def step_max(self, values: Tensor) -> Tensor:
+        """[S] the largest of `values` [N] in each step."""
+        out = values.new_full((self.num_steps,), float("-inf"))
+        return out.scatter_reduce_(0, self.step, values, reduce="amax")
 
     def __len__(self) -> int:
         return int(self.user.shape[0])
@@ -168,7 +181,7 @@ def last_rows(keys: Tensor) -> Tensor:
 
 
 def decayed_counts_per_step(
-    score: Tensor, ref_t: Tensor, rows: StepRows, num_items: int, decay_seconds: float
+    score: Tensor, ref_t: Tensor, rows: StepRun, num_items: int, decay_seconds: float
 ) -> Tensor:
     """[S, I] time-decayed item counts before each step (`RecentPopularity`'s scores).
 
@@ -196,7 +209,7 @@ def decayed_counts_per_step(
 
 
 def _decayed_counts_stepwise(
-    score: Tensor, ref_t: Tensor, rows: StepRows, num_items: int, decay_seconds: float
+    score: Tensor, ref_t: Tensor, rows: StepRun, num_items: int, decay_seconds: float
 ) -> Tensor:
     """The same counts one step at a time: for runs too long for one reference time."""
     out = score.new_empty(rows.num_steps, num_items)
