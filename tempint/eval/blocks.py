@@ -194,12 +194,15 @@ class BlockRanker:
             col = versions.item[candidates][version]
             sub_bias = None if bias is None else bias[lo:hi]
             scores = _scores(self.scorers, query[lo:hi], table, fresh, row, col, version, sub_bias)
-            mask = keep[lo:hi]
+            # every row scored (the usual case): no masked copy of the [rows, I] scores
+            mask = None if chunk.scored is None else keep[lo:hi]
             for scorer, s in scores.items():
-                s = s[mask]
+                at, target = position[lo:hi], item[lo:hi]
+                if mask is not None:
+                    s, at, target = s[mask], at[mask], target[mask]
                 if exclusions is not None:
-                    s = exclude_pairs(s, *exclusions.lookup(position[lo:hi][mask]))
-                parts[scorer].append(rank_bounds(s, item[lo:hi][mask]))
+                    s = exclude_pairs(s, *exclusions.lookup(at))
+                parts[scorer].append(rank_bounds(s, target))
         bounds = {
             s: (torch.cat([b for b, _ in p]), torch.cat([w for _, w in p]))
             for s, p in parts.items()
