@@ -24,7 +24,7 @@ from torch import Tensor
 
 from tempint.data.batch import Chunk
 from tempint.eval.ranking import exclude_pairs, rank_bounds
-from tempint.models.base import Output
+from tempint.models.base import Replayed
 
 __all__ = ["BlockRanker", "ItemVersions", "CandidateTable"]
 
@@ -146,16 +146,16 @@ class BlockRanker:
         self,
         scorers: Sequence[str],
         table: CandidateTable,
-        queries: Callable[[Sequence[Output], ItemVersions], tuple[Tensor, Tensor | None]],
+        queries: Callable[[Sequence[Replayed], ItemVersions], tuple[Tensor, Tensor | None]],
     ) -> None:
         self.scorers = tuple(scorers)
         self.table = table  # advanced past the block once it is ranked
         self.queries = queries
-        self.outputs: list[Output] = []
+        self.outputs: list[Replayed] = []
 
-    def add(self, output: Output) -> None:
-        if output.written is None:
-            raise ValueError("block ranking needs the rows each step wrote (Output.written)")
+    def add(self, output: Replayed) -> None:
+        if not isinstance(output, Replayed):
+            raise ValueError("block ranking needs the rows each step wrote (a Replayed)")
         self.outputs.append(output)
 
     def rank(

@@ -27,6 +27,7 @@ __all__ = [
     "InteractionModel",
     "Mode",
     "Output",
+    "Replayed",
     "SCORERS",
     "at_least_float32",
     "exact_scores",
@@ -55,8 +56,9 @@ class Mode(Enum):
     - TRAIN: the step's losses, with gradients (the module's training chunks).
     - SCORE: the prediction, from the state before the step (frozen evaluation).
     - ONLINE: both, the prediction first (test-then-train evaluation).
-    - REPLAY: a frozen block step: what block ranking needs (`Output.written` and the
-      query or its `pending` parts), for models with `Capabilities.block_scorers`.
+    - REPLAY: a frozen block step: what block ranking needs (a `Replayed`: the rows it
+      wrote, and its query or its `pending` parts), for models with
+      `Capabilities.block_scorers`.
     """
 
     TRAIN = "train"
@@ -88,7 +90,8 @@ class Capabilities:
       and a training chunk one step.
     - `block_scorers`: scorers for which evaluation may rank a block chunk at once: the
       candidates are a global [I, d] table (`candidate_table`) whose rows change only for
-      the items a step holds, and `forward(step, Mode.REPLAY)` gives the rows it wrote.
+      the items a step holds, and `forward(step, Mode.REPLAY)` gives the rows it wrote
+      (`Replayed`).
     - `replays_steps`: `replay_steps` scores a run of consecutive exact steps at once.
     """
 
@@ -108,20 +111,11 @@ class Output:
     Either embeddings (`query` [B, d] against `candidates` [I, d], or [B, I, d] when every
     query has its own candidate table) ranked by a scorer, or `scores` [B, I] (higher is
     better). `losses` are already weighted; their sum is the training objective.
-
-    In `Mode.REPLAY` a model leaves `candidates` and `scores` out and, for a native score
-    of the form −||query − candidate||² + bias, gives `native_bias`; or leaves the query
-    out too and keeps in `pending` (an object of its own type) what its `block_queries`
-    needs to compute the queries of the whole block at once. `written` [B, d] then holds
-    the batch's items' candidate rows as the step left them.
     """
 
     query: Tensor | None = None
     candidates: Tensor | None = None
     scores: Tensor | None = None
-    native_bias: Tensor | None = None
-    pending: Any = None
-    written: Tensor | None = None
     losses: dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -129,6 +123,18 @@ class Output:
         if not self.losses:
             return None
         return torch.stack([v.reshape(()) for v in self.losses.values()]).sum()
+
+
+@dataclass
+class Replayed:
+    """What a step replayed in `Mode.REPLAY` leaves for block ranking: `written` [B, d],
+    the candidate rows of the batch's items as the step left them, and either the
+    `query` [B, d] or, for a model that computes a block's queries at once
+    (`block_queries`), its own typed record of what they need (`pending`)."""
+
+    written: Tensor
+    query: Tensor | None = None
+    pending: Any = None
 
 
 class InteractionModel(nn.Module):
@@ -157,7 +163,7 @@ class InteractionModel(nn.Module):
 
     # ---- defaults built on them --------------------------------------------------------
 
-    def forward(self, batch: Interactions, mode: Mode) -> Output:
+    def forward(self, batch: Interactions, mode: Mode) -> Output | Replayed:
         """One step in `mode`: the prediction (and losses) from the state before the
         step, then the state after it. Override to fuse the two for speed."""
         if mode is Mode.REPLAY:
@@ -181,7 +187,7 @@ class InteractionModel(nn.Module):
                 logits = torch.bmm(candidates, output.query.unsqueeze(-1)).squeeze(-1)
         return {"cross_entropy": F.cross_entropy(logits, batch.item)}
 
-    def run_chunk(self, chunk: Chunk, mode: Mode) -> Iterator[Output]:
+    def run_chunk(self, chunk: Chunk, mode: Mode) -> Iterator[Output | Replayed]:
         """Every step of `chunk` in `mode`, in order, one Output each: a generator, so the
         caller reads each step's prediction before the next step moves the state on.
 
@@ -200,7 +206,7 @@ class InteractionModel(nn.Module):
         if last < 0:
             self.close_chunk(chunk, mode, Output())
 
-    def close_chunk(self, chunk: Chunk, mode: Mode, last: Output) -> None:
+    def close_chunk(self, chunk: Chunk, mode: Mode, last: Output | Replayed) -> None:
         """Add the chunk's own loss terms to its last step's Output, then `end_chunk`."""
         if mode.losses:
             for name, value in self.chunk_losses().items():
@@ -261,13 +267,12 @@ class InteractionModel(nn.Module):
         raise NotImplementedError
 
     def block_queries(
-        self, outputs: Sequence[Output], versions: Any
+        self, outputs: Sequence[Replayed], versions: Any
     ) -> tuple[Tensor, Tensor | None]:
-        """Queries [K, d] and native biases ([K, I] or None) of a block of steps' Outputs.
+        """Queries [K, d] and native biases ([K, 1] or [K, I], or None) of a block's
+        replayed steps; for a native score −||query − candidate||² + bias.
 
         `versions` (`tempint.eval.blocks.ItemVersions`) gives any item's candidate row as
         of a stream position, for models whose query reads an item's state.
         """
-        query = torch.cat([o.query for o in outputs])
-        biases = [o.native_bias for o in outputs if o.native_bias is not None]
-        return query, torch.cat(biases) if biases else None
+        return torch.cat([o.query for o in outputs]), None

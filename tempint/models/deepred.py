@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import Capabilities, InteractionModel, Mode, Output
+from tempint.models.base import Capabilities, InteractionModel, Mode, Output, Replayed
 
 __all__ = ["DeePRed", "POOLINGS", "QUERIES"]
 
@@ -232,7 +232,7 @@ class DeePRed(InteractionModel):
             u_t, i_t, from_history = (x[batch.index - self._block_start] for x in self._block_rows)
             query = self._query(batch, u_t, from_history)
             self._remember(batch, u_t, i_t)
-            return Output(query=query, written=i_t)
+            return Replayed(written=i_t, query=query)
         u_t, i_t, from_history = self.short_term(batch)
         query = self._query(batch, u_t.detach(), from_history)
         candidates = self.candidate_table()

@@ -35,6 +35,7 @@ from tempint.models.base import (
     InteractionModel,
     Mode,
     Output,
+    Replayed,
     at_least_float32,
     exact_scores,
 )
@@ -637,7 +638,7 @@ class JODIE(InteractionModel):
         static = query[:, self.dim :]
         return static.mul(2.0).sub_(static.square().sum(dim=1, keepdim=True) + 1.0)
 
-    def _replay_step(self, batch: Interactions) -> Output:
+    def _replay_step(self, batch: Interactions) -> Replayed:
         """A frozen replay step of a block: update memory, leave the prediction for later.
 
         The previous item's state j(t⁻) is not read here: in t-batch order the item may
@@ -655,7 +656,7 @@ class JODIE(InteractionModel):
         memory.user_seen.index_fill_(0, users, True)
         memory.item_seen.index_fill_(0, items, True)
         pending = _Pending(user, delta, batch.user, batch.prev_item, batch.index)
-        return Output(pending=pending, written=new_item)
+        return Replayed(written=new_item, pending=pending)
 
     def block_queries(self, outputs, versions) -> tuple[Tensor, Tensor]:
         """ĵ of a block in one prediction-layer matmul (its weight read once per block)."""

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from tempint.data.batch import Chunk, Interactions
 from tempint.errors import ConfigError
-from tempint.models.base import Capabilities, InteractionModel, Mode, Output
+from tempint.models.base import Capabilities, InteractionModel, Mode, Output, Replayed
 from tempint.models.components.cells import make_cell
 from tempint.models.components.losses import spread_loss
 from tempint.models.memory import LocalMemory, MemoryState
@@ -215,7 +215,7 @@ class LiMNet(InteractionModel):
             memory.item.index_copy_(0, item_rows, new_state[1])
             memory.user_seen.index_fill_(0, user_rows, True)
             memory.item_seen.index_fill_(0, item_rows, True)
-            return Output(query=state[0, :, last], written=new_state[1][:, last])
+            return Replayed(written=new_state[1][:, last], query=state[0, :, last])
         user_init, item_init = self._initial(mode)
         state = torch.stack(
             (memory.read_users(user_rows, user_init), memory.read_items(item_rows, item_init))

@@ -26,6 +26,7 @@ from tempint.models.base import (
     InteractionModel,
     Mode,
     Output,
+    Replayed,
     at_least_float32,
     exact_scores,
 )
@@ -292,7 +293,7 @@ class RepeatAware(InteractionModel):
         scores, lo = [], 0
         for g in groups:
             hi = lo + sum(len(s) for s in g)
-            output = Output(query=query[lo:hi], written=written[lo:hi])
+            output = Replayed(written=written[lo:hi], query=query[lo:hi])
             scores.append(self._score(g, [output], table, scores=True)[0])
             last = last_rows(item[lo:hi])  # the group's latest row of each item
             table.index_copy_(0, item[lo:hi][last], written[lo:hi][last].to(table.dtype))
@@ -370,14 +371,15 @@ class RepeatAware(InteractionModel):
         return log_p, nll
 
     def _affinity(
-        self, rows: StepRun, outputs: Sequence[Output], table: Tensor | None
+        self, rows: StepRun, outputs: Sequence[Output | Replayed], table: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        """The base's affinity [N, I] from its Outputs, as (values, scale): the cosine with
-        the candidates as of each row's step and the learned temperature to multiply it
-        by, or its native scores and None. The product is left to the caller, which folds
-        it into the explore scorer's weight: one [N, I] product less to differentiate."""
+        """The base's affinity [N, I] from its Outputs (or, with `table`, the rows its
+        replayed steps wrote), as (values, scale): the cosine with the candidates as of
+        each row's step and the learned temperature to multiply it by, or its native
+        scores and None. The product is left to the caller, which folds it into the
+        explore scorer's weight: one [N, I] product less to differentiate."""
         first = outputs[0]
-        if first.query is None or (first.candidates is None and table is None):
+        if first.query is None or (table is None and first.candidates is None):
             scores = [o.scores for o in outputs]
             return (scores[0] if len(scores) == 1 else torch.cat(scores)).float(), None
         query = at_least_float32(torch.cat([o.query for o in outputs]))
