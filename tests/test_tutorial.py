@@ -151,3 +151,26 @@ def test_a_two_method_model_trains_by_default_and_gets_exact_ranks_from_block_ch
         assert value == reference[name] or (math.isnan(value) and math.isnan(reference[name]))
     as_tbatches = replay(Chunk(steps=c.steps) for c in block_chunks)  # what a fallback avoids
     assert as_tbatches.metrics["native"]["mrr"] != reference["mrr"]
+
+
+def test_the_readme_model_trains_and_scores_from_the_state_before_each_step():
+    """The smallest model of the README's "Add your own model", run as printed there."""
+    import re
+
+    from tempint.data.batch import Chunk
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"```python\n(class LastItemFirst.*?)```", readme, re.S).group(1)
+    namespace = {"torch": torch, "InteractionModel": InteractionModel}
+    namespace.update(Capabilities=Capabilities, Output=Output)
+    exec(code, namespace)
+    model = namespace["LastItemFirst"](3, 5)
+    stream = hand_made([0, 1, 0], [1, 2, 3], [0.0, 1.0, 2.0])
+    steps = [stream.select(torch.tensor([0, 1])), stream.select(torch.tensor([2]))]
+    model.train_chunk(Chunk(steps=steps)).backward()
+    assert model.bias.grad.abs().sum() > 0
+    model.reset_state()
+    with torch.no_grad():
+        first, second = (model(step, Mode.SCORE).scores for step in steps)
+    assert not first.any()  # nothing seen before the first step
+    assert second[0].argmax() == 1  # user 0's item of the step before

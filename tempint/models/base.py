@@ -155,7 +155,11 @@ class InteractionModel(nn.Module):
     # ---- the two methods a simple model writes -----------------------------------------
 
     def score(self, batch: Interactions) -> Output:
-        """The prediction for `batch` from the state before it; the state is unchanged."""
+        """The prediction for `batch` from the state before it; the state is unchanged.
+
+        `observe` runs before the caller reads the prediction, so return new tensors,
+        not views of state that `observe` writes in place (copy such a buffer first).
+        """
         raise NotImplementedError(f"{type(self).__name__} implements neither score nor forward")
 
     def observe(self, batch: Interactions) -> None:
