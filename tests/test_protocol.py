@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import polars as pl
 import pytest
@@ -265,3 +267,39 @@ def test_no_model_scores_a_batch_with_knowledge_of_its_targets(name):
             a = score_output(first, scorer)
             b = score_output(second, scorer)
             assert torch.equal(a, b), f"{name}/{scorer} scores depend on the targets"
+
+
+@pytest.mark.parametrize("name", _every_model_config())
+def test_online_evaluation_takes_gradient_steps_for_every_learned_model(name):
+    """Test-then-train asks each step for its prediction and its losses (`Mode.ONLINE`):
+    every learned model hands the online optimiser a loss with a gradient, and its
+    weights move; a heuristic hands none."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from tempint.config import CONF_DIR
+
+    torch.manual_seed(0)
+    frame = no_repeat_stream(num_users=8, num_items=12, n=240)
+    dm = datamodule_for(frame, ChronoSampler(16), history_k=5)
+    cfg = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+    model = instantiate(cfg, num_users=dm.num_users, num_items=dm.num_items)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1) if before else None
+    losses = []
+
+    def online_step(loss):
+        losses.append(float(loss.detach()))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+
+    evaluator = StreamEvaluator(list(model.capabilities.scorers)[:1])
+    result = run_stream(model, dm.chunks(dm.exact_plans("val")), evaluator, online_step=online_step)
+    assert result.count == dm.split.val_end - dm.split.train_end
+    if not model.capabilities.learned:
+        assert losses == []
+        return
+    assert losses and all(math.isfinite(v) for v in losses)
+    moved = [k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])]
+    assert moved, f"{name}: online evaluation left every weight where it was"
