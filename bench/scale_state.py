@@ -78,7 +78,8 @@ def main() -> None:
         model.train()
         with torch.no_grad():
             for lo in range(0, train_end, 200_000):
-                model(stream.select(torch.arange(lo, min(lo + 200_000, train_end))))
+                part = stream.select(torch.arange(lo, min(lo + 200_000, train_end)))
+                model.train_chunk(Chunk(steps=[part]))
         fed = time.perf_counter() - begin
         chunks = (Chunk(steps=[stream.select(torch.from_numpy(p.steps[0]))]) for p in plans)
         result = run_stream(model, chunks, StreamEvaluator(["native"], tags=()))

@@ -109,3 +109,14 @@ def test_runs_cut_from_the_stream_cover_it_in_order():
     runs = _runs(stream, [3, 3])
     order = np.concatenate([s.index.numpy() for run in runs for s in run])
     assert order.tolist() == list(range(len(stream)))
+
+
+def test_a_checkpoint_naming_the_decayed_counts_score_still_loads():
+    """Recent popularity's counts were stored as `score` before they were `decayed`."""
+    model = Recency(2, 3)
+    model.popularity.decayed.copy_(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    state = model.state_dict()
+    state["popularity.score"] = state.pop("popularity.decayed")
+    loaded = Recency(2, 3)
+    loaded.load_state_dict(state)
+    assert loaded.popularity.decayed.tolist() == [1.0, 2.0, 3.0]

@@ -87,7 +87,7 @@ class Capabilities:
       may hold one interaction per user with items repeated, and still score exactly.
     - `step_updates_commute`: a step leaves the state as its interactions fed one by one
       would (counts, latest times): a batch scored from the state before it is one step,
-      and a training chunk one step.
+      and so is a heuristic's (not learned) training chunk.
     - `block_scorers`: scorers for which evaluation may rank a block chunk at once: the
       candidates are a global [I, d] table (`candidate_table`) whose rows change only for
       the items a step holds, and `forward(step, Mode.REPLAY)` gives the rows it wrote
@@ -192,8 +192,9 @@ class InteractionModel(nn.Module):
         return {"cross_entropy": F.cross_entropy(logits, batch.item)}
 
     def run_chunk(self, chunk: Chunk, mode: Mode) -> Iterator[Output | Replayed]:
-        """Every step of `chunk` in `mode`, in order, one Output each: a generator, so the
-        caller reads each step's prediction before the next step moves the state on.
+        """Every step of `chunk` in `mode`, in order, one Output each (a `Replayed` in
+        `Mode.REPLAY`): a generator, so the caller reads each step's prediction before the
+        next step moves the state on.
 
         The chunk is closed with its last step, before that step's Output is handed out:
         in modes with losses its `chunk_losses` join that Output's losses (as

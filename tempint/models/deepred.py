@@ -86,10 +86,11 @@ class DeePRed(InteractionModel):
     item rows as of each interaction's position (`tempint.eval.blocks`).
     """
 
-    capabilities = Capabilities(scorers=("l2", "dot"))
     # any contiguous step is scored exactly (see `_step_tables`): an evaluator may use long
     # contiguous steps instead of steps without repeated users or items
-    capabilities = Capabilities(exact_any_step=True, block_scorers=("l2", "dot"))
+    capabilities = Capabilities(
+        scorers=("l2", "dot"), exact_any_step=True, block_scorers=("l2", "dot")
+    )
 
     def __init__(
         self,

@@ -94,6 +94,12 @@ class RecentPopularity(InteractionModel):
         self.decayed.zero_()
         self.ref_t.zero_()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints written before the counts were named `decayed` hold them as `score`
+        if prefix + "score" in state_dict and prefix + "decayed" not in state_dict:
+            state_dict[prefix + "decayed"] = state_dict.pop(prefix + "score")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def current(self) -> Tensor:
         return self.decayed
 

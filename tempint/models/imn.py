@@ -106,7 +106,7 @@ class IterativeMemoryNetwork(InteractionModel):
     default trains the path that is evaluated. The paper's model is `factorised_weight: 0,
     full_weight: 1, eval_mode: full`.
 
-    Training returns losses only; evaluation returns scores [B, I].
+    `Mode.TRAIN` returns losses only, `Mode.SCORE` scores [B, I], `Mode.ONLINE` both.
     """
 
     # per-user buffers only; items are parameters

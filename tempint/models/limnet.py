@@ -259,10 +259,10 @@ class LiMNet(InteractionModel):
             return self._init_cache[1]
         with torch.set_grad_enabled(mode.losses):
             init = torch.stack((user_init, item_init))
-        split = self.layers * self.dim
-        hidden = _unit(init[:, :split].unflatten(-1, (self.layers, self.dim))).flatten(-2)
-        if self.state_size > 1:
-            hidden = torch.cat((hidden, init[:, split:]), dim=-1)
+            split = self.layers * self.dim
+            hidden = _unit(init[:, :split].unflatten(-1, (self.layers, self.dim))).flatten(-2)
+            if self.state_size > 1:
+                hidden = torch.cat((hidden, init[:, split:]), dim=-1)
         self._init_cache = (key, (hidden[0], hidden[1]))
         return self._init_cache[1]
 

@@ -233,7 +233,7 @@ class RepeatAware(InteractionModel):
         # a block step's Output holds its queries unless the base builds them afterwards
         own_queries = type(self.base).block_queries is InteractionModel.block_queries
         block_base = "dot" in self.base.capabilities.block_scorers and own_queries
-        if chunk.run and mode is Mode.SCORE and block_base:
+        if chunk.run and len(chunk.steps) > 1 and mode is Mode.SCORE and block_base:
             chunk = replace(chunk, block=True, run=False)
             self._base_mode = Mode.REPLAY
         self._base_chunk = chunk
