@@ -83,6 +83,18 @@ def run_watched(argv: list[str], time_limit: float, rss_limit: float, poll: floa
     return entry
 
 
+def code_version() -> str:
+    """The commit the cases run, marked "+changes" when the package differs from it:
+    every row of the results names the code that made it."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--", "tempint") else "")
+
+
 def machine_line() -> str:
     from bench.cases import machine_info
 
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         entry = run_watched(
             [sys.executable, *argv_case[1:]], args.time_limit, args.rss_limit_gib * GIB
         )
-        entry.update(case=case, argv=argv_case)
+        entry.update(case=case, argv=argv_case, code=code_version())
         entries = [e for e in entries if key(e["case"]) != key(case)] + [entry]
         order = {g: i for i, g in enumerate(GROUPS)}
         entries.sort(key=lambda e: order.get(e["case"]["group"], len(GROUPS)))

@@ -75,6 +75,7 @@ def _row(entry: dict) -> list[str]:
         _num(result.get("eval_interactions_per_second"), ",.0f"),
         _num(entry.get("elapsed_seconds"), ".0f"),
         _num(None if rss is None else rss / GIB, ".2f"),
+        entry.get("code", "–"),
         verdict,
     ]
 
@@ -91,6 +92,7 @@ HEADER = [
     "eval ev/s",
     "wall s",
     "peak RSS GiB",
+    "code",
     "targets",
 ]
 
@@ -126,7 +128,8 @@ def render(entries: list[dict], meta: dict) -> str:
         "",
         "Columns: `setup s` data loading/generation and features (fit-only cases); `epoch s` "
         "one training epoch (80% of the stream); `eval s` / `eval ev/s` the frozen "
-        "validation + test replay ranked against every item; `wall s` the whole process.",
+        "validation + test replay ranked against every item; `wall s` the whole process; "
+        '`code` the commit the case ran ("+changes": the package differed from it).',
     ]
     for group in dict.fromkeys(e["case"]["group"] for e in entries):
         rows = [e for e in entries if e["case"]["group"] == group]
