@@ -196,10 +196,12 @@ class BlockRanker:
             scores = _scores(self.scorers, query[lo:hi], table, fresh, row, col, version, sub_bias)
             # every row scored (the usual case): no masked copy of the [rows, I] scores
             mask = None if chunk.scored is None else keep[lo:hi]
+            at, target = position[lo:hi], item[lo:hi]
+            if mask is not None:
+                at, target = at[mask], target[mask]
             for scorer, s in scores.items():
-                at, target = position[lo:hi], item[lo:hi]
                 if mask is not None:
-                    s, at, target = s[mask], at[mask], target[mask]
+                    s = s[mask]
                 if exclusions is not None:
                     s = exclude_pairs(s, *exclusions.lookup(at))
                 parts[scorer].append(rank_bounds(s, target))

@@ -353,8 +353,6 @@ def _rank_block(model: InteractionModel, chunk: Chunk, evaluator: StreamEvaluato
     scorers = tuple(evaluator.metrics)
     if evaluator.protocol.negatives is not None or evaluator.protocol.keep is not None:
         raise ValueError("block chunks rank all items of every step; this protocol needs steps")
-    if not set(scorers) <= set(model.capabilities.block_scorers):
-        raise ValueError(f"{type(model).__name__} cannot rank blocks with {', '.join(scorers)}")
     if evaluator.block_table is None:  # read once per pass, then carried block to block
         evaluator.block_table = CandidateTable(model.candidate_table())
     ranker = BlockRanker(scorers, evaluator.block_table, model.block_queries)

@@ -202,21 +202,24 @@ class InteractionModel(nn.Module):
         chunk's objective.
         """
         self.begin_chunk(chunk, mode)
+        yield from self.closing(chunk, mode, (self(step, mode) for step in chunk.steps))
+
+    def closing(
+        self, chunk: Chunk, mode: Mode, outputs: Iterator[Output | Replayed]
+    ) -> Iterator[Output | Replayed]:
+        """`outputs` (one per step of `chunk`, computed lazily) handed on, the chunk closed
+        with the last: in modes with losses its `chunk_losses` join the last Output's
+        losses, then `end_chunk` runs. For `run_chunk` overrides that run steps their way."""
         last = len(chunk.steps) - 1
-        for k, step in enumerate(chunk.steps):
-            output = self(step, mode)
+        for k, output in enumerate(outputs):
             if k == last:
-                self.close_chunk(chunk, mode, output)
+                if mode.losses:
+                    for name, value in self.chunk_losses().items():
+                        output.losses[f"chunk/{name}"] = value
+                self.end_chunk(chunk, mode)
             yield output
         if last < 0:
-            self.close_chunk(chunk, mode, Output())
-
-    def close_chunk(self, chunk: Chunk, mode: Mode, last: Output | Replayed) -> None:
-        """Add the chunk's own loss terms to its last step's Output, then `end_chunk`."""
-        if mode.losses:
-            for name, value in self.chunk_losses().items():
-                last.losses[f"chunk/{name}"] = value
-        self.end_chunk(chunk, mode)
+            self.end_chunk(chunk, mode)
 
     def train_chunk(self, chunk: Chunk) -> Tensor | None:
         """The summed training loss of `chunk` (its steps' and `chunk_losses`), or None.

@@ -159,8 +159,6 @@ class _Pending:
     prev_item: Tensor
     position: Tensor
 
-    FIELDS = ("user_state", "delta", "user", "prev_item", "position")
-
 
 @dataclass
 class _PlannedChunk:
@@ -480,16 +478,12 @@ class JODIE(InteractionModel):
         self.begin_chunk(chunk, mode)
         if self._cache is None:
             self._cache = _GraphCache(self.memory)
-        plan = self._cache.add(chunk)
-        last = len(plan) - 1
-        for k, (batch, step) in enumerate(zip(chunk.steps, plan, strict=True)):
-            if mode is Mode.TRAIN:
-                output = self._train_step(batch, step)
-            else:
-                output = self._step(batch, mode, step)
-            if k == last:
-                self.close_chunk(chunk, mode, output)
-            yield output
+        planned = zip(chunk.steps, self._cache.add(chunk), strict=True)
+        if mode is Mode.TRAIN:
+            outputs = (self._train_step(batch, step) for batch, step in planned)
+        else:
+            outputs = (self._step(batch, mode, step) for batch, step in planned)
+        yield from self.closing(chunk, mode, outputs)
 
     def begin_chunk(self, chunk: Chunk, mode: Mode) -> None:
         """Window-local memory for the sequence sampler; a frozen block's unseen rows."""
@@ -660,10 +654,9 @@ class JODIE(InteractionModel):
 
     def block_queries(self, outputs, versions) -> tuple[Tensor, Tensor]:
         """ĵ of a block in one prediction-layer matmul (its weight read once per block)."""
-        parts = [o.pending for o in outputs]
-        user, delta, users, prev, position = (
-            torch.cat([getattr(p, name) for p in parts]) for name in _Pending.FIELDS
-        )
+        # every replayed step's `_Pending` fields, in their declared order, laid end to end
+        parts = [vars(o.pending).values() for o in outputs]
+        user, delta, users, prev, position = (torch.cat(column) for column in zip(*parts))
         previous = versions.rows_at(prev.clamp(min=0), position)
         previous = torch.where((prev >= 0)[:, None], previous, self.memory.item_init)
         query = self._predict(user, previous, _Query(users, prev, delta), grad=False)
