@@ -25,7 +25,7 @@ from torch import Tensor
 from tempint.data.batch import Interactions
 from tempint.models.base import Capabilities, InteractionModel, Output
 from tempint.models.components.pairs import PairTable
-from tempint.models.components.steps import StepRun
+from tempint.models.components.steps import StepRun, decayed_counts_per_step
 from tempint.models.heuristics import RecentPopularity
 
 __all__ = [
@@ -262,25 +262,15 @@ class UserFrequency(_PairModel):
 
     def _popularity_before_steps(self, run: StepRun) -> Tensor:
         """[S, I] the decayed item counts each step is scored from, as
-        `RecentPopularity` holds them before the step: at its reference time (the latest
-        time seen), summed in log space over the run's earlier steps (no item is twice in
-        a step, so a step adds at most one term per item)."""
-        tau, pop = self.decay_seconds, self.popularity
+        `RecentPopularity` holds them before the step (`decayed_counts_per_step`)."""
         if torch.unique(run.step * self.num_items + run.item).numel() < run.item.numel():
             raise ValueError(
                 "a run of steps holds an item twice in one step; its steps must be exact"
             )
-        ref = run.before_steps(pop.ref_t, run.step_max(run.t))  # [S]
-        end = torch.maximum(ref[-1], run.t.max())
-        terms = torch.full(
-            (run.num_steps, self.num_items), float("-inf"), dtype=torch.float64, device=ref.device
+        pop = self.popularity
+        return decayed_counts_per_step(
+            pop.decayed, pop.ref_t, run, self.num_items, self.decay_seconds
         )
-        later = run.step + 1 < run.num_steps  # the last step's rows are seen by no step
-        terms[run.step[later] + 1, run.item[later]] = (run.t[later] - end) / tau
-        counts = torch.logcumsumexp(terms, 0)
-        del terms  # [S, I]: one of them at a time
-        counts.add_(((end - ref) / tau)[:, None]).exp_()
-        return counts.add_(pop.decayed * torch.exp(-(ref - pop.ref_t) / tau)[:, None])
 
     def _run_scores(self, run: StepRun) -> Tensor:
         if run.num_steps == 1:
